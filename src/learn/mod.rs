@@ -1,0 +1,8 @@
+//! The trainable head and everything around it: class-per-folder datasets, the on-disk embedding
+//! cache, the trainer (split, L2, class balancing, early stopping), metrics and the head file.
+
+pub mod cache; // embeddings cached on disk, keyed by image content + backbone fingerprint
+pub mod dataset; // class-per-folder scan and the stratified split
+pub mod head; // forward pass and the versioned, checksummed head file
+pub mod metrics; // accuracy, per-class precision / recall, confusion matrix
+pub mod train; // optimizer, validation split, early stopping, training report

@@ -1,0 +1,9 @@
+//! glimpse: a Jetson daemon that turns camera frames into MobileNetV2 embeddings (tract, frozen),
+//! classifies them with a small head trained on the device, and publishes predictions over MQTT.
+//!
+//! The crate map follows the data flow, one direction:
+//! source -> vision (preprocess, backbone) -> learn (head) -> mqtt (publish).
+
+pub mod cli; // subcommand implementations behind `src/main.rs`
+pub mod learn; // the trainable head: dataset scan, embedding cache, training, metrics, head file
+pub mod vision; // model manifests, model fetch, image decode + preprocess, the tract backbone

@@ -1,0 +1,9 @@
+//! Everything between image bytes and an embedding: the model manifest (what the ONNX file
+//! expects), fetching a model, decoding and preprocessing images, and the tract backbone.
+
+pub mod backbone; // tract: load + optimize once, run many times -> embedding + logits
+pub mod fetch; // download a model (URL + sha256, optional tar.gz extraction)
+pub mod labels; // class-name files and label offsets
+pub mod manifest; // the TOML model description in models/
+pub mod preprocess; // decode (JPEG/PNG/BMP, raw RGB24/YUYV/MJPEG), resize, normalize
+pub mod spec; // InputSpec / Layout / Fingerprint: the small types shared by the modules above
