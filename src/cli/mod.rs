@@ -1,1 +1,7 @@
 //! Subcommand implementations; `src/main.rs` only parses arguments and maps errors to exit codes.
+
+pub mod bench; // glimpse bench: per-stage timings, throughput, peak RSS, training time
+pub mod classify; // glimpse classify: ImageNet or trained-head top-k for image files
+pub mod common; // arguments shared by subcommands (model manifest, threads, resize mode)
+pub mod fetch; // glimpse fetch-model: download + verify a model named by a manifest
+pub mod train; // glimpse train: class-per-folder dataset -> embeddings (cached) -> head file

@@ -2,6 +2,7 @@
 //! expects), fetching a model, decoding and preprocessing images, and the tract backbone.
 
 pub mod backbone; // tract: load + optimize once, run many times -> embedding + logits
+pub mod embedder; // decode + preprocess + backbone with reused buffers and per-stage timings
 pub mod fetch; // download a model (URL + sha256, optional tar.gz extraction)
 pub mod labels; // class-name files and label offsets
 pub mod manifest; // the TOML model description in models/
