@@ -1,0 +1,289 @@
+//! The daemon's whole configuration tree: one TOML file plus `GLIMPSE_<SECTION>__<KEY>`
+//! environment overrides, with defaults good enough that `glimpse run` alone works on a laptop
+//! with a webcam and a local broker. Every section is owned by the component it configures
+//! (Vector's convention); this file only assembles them, applies overrides and validates.
+//!
+//! Errors name the file and the dotted key (`mqtt.qos`), in one line, so a daemon that cannot
+//! start says why and exits 2.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::mqtt::config::MqttConfig;
+use crate::mqtt::policy::PolicyConfig;
+use crate::source::SourceConfig;
+use crate::vision::spec::ResizeMode;
+
+/// Where `glimpse run` looks when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/glimpse/glimpse.toml";
+/// Prefix of environment overrides: `GLIMPSE_MQTT__URL=mqtt://broker:1883` sets `mqtt.url`.
+pub const ENV_PREFIX: &str = "GLIMPSE_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("config {path}: key `{key}`: {message}")]
+    Key {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+}
+
+/// `[model]`: the backbone and the head.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Model manifest (TOML, see docs/models.md).
+    pub manifest: PathBuf,
+    /// Backbone threads; 0 = one per core, at most 4.
+    pub threads: usize,
+    /// `stretch` (whole image, the default) or `center-crop`.
+    pub resize: ResizeMode,
+    /// Head file to start with; default `<state_dir>/head.glh`. Without one, predictions carry
+    /// the ImageNet top-k only.
+    pub head: Option<PathBuf>,
+    /// How many classes each prediction lists.
+    pub top_k: usize,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            manifest: PathBuf::from("models/mobilenet_v2_1.0_224.toml"),
+            threads: 0,
+            resize: ResizeMode::Stretch,
+            head: None,
+            top_k: 3,
+        }
+    }
+}
+
+/// `[pipeline]`: how frames flow from the source to the backbone.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Skip a frame whose mean absolute difference from the last processed frame (on a 32x32
+    /// grey thumbnail, 0..255) is below this; 0 disables skipping.
+    pub skip_unchanged_below: f32,
+    /// Seconds between stats messages.
+    pub stats_interval_s: f32,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            skip_unchanged_below: 0.0,
+            stats_interval_s: 10.0,
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// error | warn | info | debug | trace; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+        }
+    }
+}
+
+/// The whole configuration tree.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Samples, head versions and the default head live here. Default: `$STATE_DIRECTORY`
+    /// (set by systemd's `StateDirectory=`), else `~/.local/state/glimpse`.
+    pub state_dir: Option<PathBuf>,
+    pub model: ModelConfig,
+    pub source: SourceConfig,
+    pub mqtt: MqttConfig,
+    pub publish: PolicyConfig,
+    pub pipeline: PipelineConfig,
+    pub log: LogConfig,
+}
+
+impl Config {
+    /// The resolved state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.state_dir {
+            return dir.clone();
+        }
+        if let Some(dir) = std::env::var_os("STATE_DIRECTORY").filter(|v| !v.is_empty()) {
+            // systemd may pass several colon-separated directories; the first is ours.
+            let first = dir.to_string_lossy().split(':').next().unwrap_or("").to_string();
+            return PathBuf::from(first);
+        }
+        if let Some(home) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+            return PathBuf::from(home).join(".local/state/glimpse");
+        }
+        PathBuf::from("glimpse-state")
+    }
+
+    /// The head file the daemon starts with.
+    pub fn head_path(&self) -> PathBuf {
+        self.model
+            .head
+            .clone()
+            .unwrap_or_else(|| self.state_dir().join("head.glh"))
+    }
+}
+
+/// Loads the configuration. `path = None` means the default path, which may be absent (then
+/// defaults apply); an explicit path must exist. `env` is the process environment (a parameter
+/// so tests need not touch the real one).
+pub fn load(
+    path: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    let (file, text) = match path {
+        Some(p) => (
+            p.to_path_buf(),
+            std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.to_path_buf(),
+                source,
+            })?,
+        ),
+        None => {
+            let p = PathBuf::from(DEFAULT_CONFIG_PATH);
+            match std::fs::read_to_string(&p) {
+                Ok(text) => (p, text),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => (p, String::new()),
+                Err(source) => return Err(ConfigError::Read { path: p, source }),
+            }
+        }
+    };
+    parse(&file, &text, env)
+}
+
+/// Parses config text (from `file`, for messages), applies environment overrides and validates.
+pub fn parse(
+    file: &Path,
+    text: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    let mut table: toml::Table = text.parse().map_err(|err: toml::de::Error| {
+        ConfigError::Syntax {
+            path: file.to_path_buf(),
+            message: one_line(&err.to_string()),
+        }
+    })?;
+    apply_env_overrides(&mut table, env)?;
+    let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(
+        |err| {
+            let key = err.path().to_string();
+            ConfigError::Key {
+                path: file.to_path_buf(),
+                key: if key == "." { "(top level)".into() } else { key },
+                message: one_line(&err.into_inner().to_string()),
+            }
+        },
+    )?;
+    validate(&config).map_err(|(key, message)| ConfigError::Key {
+        path: file.to_path_buf(),
+        key,
+        message,
+    })?;
+    Ok(config)
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Applies `GLIMPSE_SECTION__KEY=value` overrides. The value is read as a TOML value when it
+/// parses as one (numbers, booleans, arrays), else as a string; quote it (`'"123"'`) to force a
+/// string. Variables without `__` (such as `GLIMPSE_MODEL`, used by the offline commands) are
+/// not configuration keys and are ignored here.
+pub fn apply_env_overrides(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
+        .collect();
+    vars.sort();
+    for (var, raw) in vars {
+        let keys: Vec<String> = var[ENV_PREFIX.len()..]
+            .split("__")
+            .map(|k| k.to_ascii_lowercase())
+            .collect();
+        if keys.iter().any(|k| k.is_empty()) {
+            return Err(ConfigError::Env {
+                var,
+                message: "empty key segment".into(),
+            });
+        }
+        let value = parse_env_value(&raw);
+        let mut node = &mut *table;
+        for key in &keys[..keys.len() - 1] {
+            let entry = node
+                .entry(key.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            node = match entry {
+                toml::Value::Table(t) => t,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var,
+                        message: format!("`{key}` is not a section"),
+                    })
+                }
+            };
+        }
+        node.insert(keys[keys.len() - 1].clone(), value);
+    }
+    Ok(())
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+/// Checks that need more than types: returns the offending dotted key and why.
+fn validate(config: &Config) -> Result<(), (String, String)> {
+    if config.model.top_k == 0 {
+        return Err(("model.top_k".into(), "must be at least 1".into()));
+    }
+    if !(config.pipeline.stats_interval_s > 0.0) {
+        return Err((
+            "pipeline.stats_interval_s".into(),
+            "must be greater than 0".into(),
+        ));
+    }
+    if !(config.pipeline.skip_unchanged_below >= 0.0) {
+        return Err((
+            "pipeline.skip_unchanged_below".into(),
+            "must be 0 (off) or positive".into(),
+        ));
+    }
+    config
+        .source
+        .validate()
+        .map_err(|e| ("source".to_string() + &e.key_suffix(), e.to_string()))?;
+    config
+        .mqtt
+        .validate()
+        .map_err(|e| ("mqtt".to_string() + &e.key_suffix(), e.to_string()))?;
+    Ok(())
+}
