@@ -2,6 +2,7 @@
 //! expects), fetching a model, decoding and preprocessing images, and the tract backbone.
 
 pub mod backbone; // tract: load + optimize once, run many times -> embedding + logits
+pub mod decode; // bytes -> RgbImage: JPEG/PNG/BMP files, raw RGB24/YUYV/MJPEG frames
 pub mod fetch; // download a model (URL + sha256, optional tar.gz extraction)
 pub mod labels; // class-name files and label offsets
 pub mod manifest; // the TOML model description in models/
