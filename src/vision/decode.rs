@@ -106,8 +106,9 @@ fn u32_at(bytes: &[u8], at: usize, big_endian: bool) -> Option<u32> {
     Some(if big_endian { u32::from_be_bytes(word) } else { u32::from_le_bytes(word) })
 }
 
-/// Image size as declared by the header, read without constructing a decoder.
-fn header_dimensions(format: ImageFormat, bytes: &[u8]) -> Result<(u32, u32), PreprocessError> {
+/// Image size as declared by the header, read without constructing a decoder. For JPEG this also
+/// checks that the stream is complete (see `jpeg_markers::has_end_marker`).
+fn declared_dimensions(format: ImageFormat, bytes: &[u8]) -> Result<(u32, u32), PreprocessError> {
     let truncated = || corrupt(format, "truncated header");
     match format {
         ImageFormat::Png => {
@@ -137,6 +138,9 @@ fn header_dimensions(format: ImageFormat, bytes: &[u8]) -> Result<(u32, u32), Pr
         }
         _ => {
             let header = jpeg_markers::scan_header(bytes).map_err(|e| corrupt(format, e))?;
+            if !jpeg_markers::has_end_marker(bytes, &header) {
+                return Err(corrupt(format, "truncated: no end-of-image marker after the scan data"));
+            }
             Ok((header.width, header.height))
         }
     }
@@ -151,7 +155,7 @@ fn header_dimensions(format: ImageFormat, bytes: &[u8]) -> Result<(u32, u32), Pr
 pub fn decode_image(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, PreprocessError> {
     limits.check_bytes(bytes.len())?;
     let format = sniff_format(bytes)?;
-    let (width, height) = header_dimensions(format, bytes)?;
+    let (width, height) = declared_dimensions(format, bytes)?;
     if width == 0 || height == 0 {
         return Err(corrupt(format, format!("header declares a {width}x{height} image")));
     }
@@ -258,4 +262,212 @@ pub fn synthetic_jpeg(width: u32, height: u32, quality: u8) -> Result<Vec<u8>, P
         .encode_image(&image)
         .map_err(|e| PreprocessError::Corrupt(format!("encoding the synthetic JPEG: {e}")))?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> DecodeLimits {
+        DecodeLimits::default()
+    }
+
+    /// CRC-32 (IEEE, reflected), as PNG chunks need it.
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &byte in data {
+            crc ^= u32::from(byte);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+
+    /// A PNG made of the signature, an IHDR for `width` x `height` RGB8, and IEND: no pixel data.
+    fn png_header_only(width: u32, height: u32) -> Vec<u8> {
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        for (kind, body) in [
+            (*b"IHDR", [&width.to_be_bytes()[..], &height.to_be_bytes(), &[8, 2, 0, 0, 0]].concat()),
+            (*b"IEND", Vec::new()),
+        ] {
+            png.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            let typed = [&kind[..], &body].concat();
+            png.extend_from_slice(&typed);
+            png.extend_from_slice(&crc32(&typed).to_be_bytes());
+        }
+        png
+    }
+
+    fn encode(image: &RgbImage, format: ImageFormat) -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        image.write_to(&mut out, format).unwrap();
+        out.into_inner()
+    }
+
+    fn small_test_image() -> RgbImage {
+        RgbImage::from_fn(37, 21, |x, y| image::Rgb([(x * 6) as u8, (y * 12) as u8, ((x + y) * 4) as u8]))
+    }
+
+    #[test]
+    fn crc32_matches_the_standard_check_value() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+    }
+
+    #[test]
+    fn empty_payload_is_refused() {
+        assert!(matches!(decode_image(&[], &limits()), Err(PreprocessError::Empty)));
+        assert!(matches!(
+            decode_raw(PixelFormat::Rgb24, 1, 1, &[], &limits()),
+            Err(PreprocessError::Empty)
+        ));
+    }
+
+    #[test]
+    fn oversized_payload_is_refused_before_sniffing() {
+        let small = DecodeLimits { max_bytes: 100, ..limits() };
+        let err = decode_image(&[0u8; 101], &small).unwrap_err();
+        assert!(matches!(err, PreprocessError::TooLarge { bytes: 101, limit: 100 }), "{err}");
+        let frame = vec![0u8; 10 * 10 * 3];
+        let err = decode_raw(PixelFormat::Rgb24, 10, 10, &frame, &small).unwrap_err();
+        assert!(matches!(err, PreprocessError::TooLarge { bytes: 300, limit: 100 }), "{err}");
+    }
+
+    #[test]
+    fn text_is_an_unknown_format_named_by_its_first_bytes() {
+        let err = decode_image(b"hello, this is not an image", &limits()).unwrap_err();
+        assert!(matches!(&err, PreprocessError::UnknownFormat { head } if head == "68 65 6c 6c 6f 2c 20 74"), "{err}");
+    }
+
+    #[test]
+    fn png_bomb_header_is_refused_from_its_ihdr() {
+        let bomb = png_header_only(30_000, 30_000);
+        assert_eq!(bomb.len(), 8 + 25 + 12);
+        let err = decode_image(&bomb, &limits()).unwrap_err();
+        assert!(
+            matches!(err, PreprocessError::TooManyPixels { width: 30_000, height: 30_000, limit: 50_000_000 }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn huge_jpeg_and_bmp_headers_are_refused() {
+        // SOF0 declaring 65535x65535, followed by SOS and EOI.
+        let jpeg = [
+            0xFF, 0xD8, 0xFF, 0xC0, 0x00, 0x0B, 8, 0xFF, 0xFF, 0xFF, 0xFF, 1, 1, 0x11, 0, 0xFF,
+            0xDA, 0x00, 0x02, 0xFF, 0xD9,
+        ];
+        let err = decode_image(&jpeg, &limits()).unwrap_err();
+        assert!(matches!(err, PreprocessError::TooManyPixels { width: 65535, height: 65535, .. }), "{err}");
+
+        let mut bmp = encode(&small_test_image(), ImageFormat::Bmp);
+        bmp[18..22].copy_from_slice(&20_000i32.to_le_bytes());
+        bmp[22..26].copy_from_slice(&(-20_000i32).to_le_bytes()); // top-down: negative height
+        let err = decode_image(&bmp, &limits()).unwrap_err();
+        assert!(matches!(err, PreprocessError::TooManyPixels { width: 20_000, height: 20_000, .. }), "{err}");
+    }
+
+    #[test]
+    fn png_and_bmp_decode_losslessly_whatever_they_are_called() {
+        let original = small_test_image();
+        for format in [ImageFormat::Png, ImageFormat::Bmp] {
+            let decoded = decode_image(&encode(&original, format), &limits()).unwrap();
+            assert_eq!(decoded, original, "{format:?}");
+        }
+    }
+
+    #[test]
+    fn truncated_jpeg_is_corrupt_not_a_gray_filled_image() {
+        let jpeg = synthetic_jpeg(640, 480, 90).unwrap();
+        assert_eq!(decode_image(&jpeg, &limits()).unwrap().dimensions(), (640, 480));
+        for cut in [jpeg.len() / 2, jpeg.len() - 2] {
+            let err = decode_image(&jpeg[..cut], &limits()).unwrap_err();
+            assert!(matches!(&err, PreprocessError::Corrupt(m) if m.contains("truncated")), "{err}");
+        }
+    }
+
+    #[test]
+    fn every_prefix_and_many_bit_flips_fail_cleanly() {
+        // Robustness: outside bytes must give Ok or a typed error, never a panic.
+        let sources = [
+            synthetic_jpeg(24, 16, 80).unwrap(),
+            encode(&small_test_image(), ImageFormat::Png),
+            encode(&small_test_image(), ImageFormat::Bmp),
+        ];
+        for source in &sources {
+            for cut in 0..source.len() {
+                let _ = decode_image(&source[..cut], &limits());
+            }
+            let mut state = 12345u32;
+            for _ in 0..300 {
+                state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                let mut mutated = source.clone();
+                let at = (state >> 8) as usize % mutated.len();
+                mutated[at] ^= 1 << (state % 8);
+                let _ = decode_image(&mutated, &limits());
+            }
+        }
+    }
+
+    #[test]
+    fn yuyv_known_colors_convert_exactly() {
+        // BT.601 limited range macro-pixels (Y0 U Y1 V): white, black, pure red.
+        let frame = [235, 128, 235, 128, 16, 128, 16, 128, 81, 90, 81, 240];
+        let rgb = decode_raw(PixelFormat::Yuyv, 6, 1, &frame, &limits()).unwrap();
+        let expected = [[255, 255, 255], [255, 255, 255], [0, 0, 0], [0, 0, 0], [255, 0, 0], [255, 0, 0]];
+        let got: Vec<[u8; 3]> = rgb.pixels().map(|p| p.0).collect();
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn yuyv_rejects_wrong_length_and_odd_width() {
+        let err = decode_raw(PixelFormat::Yuyv, 4, 2, &[0; 15], &limits()).unwrap_err();
+        assert!(matches!(err, PreprocessError::BadRawFrame { expected: 16, actual: 15, .. }), "{err}");
+        let err = decode_raw(PixelFormat::Yuyv, 3, 2, &[0; 12], &limits()).unwrap_err();
+        assert!(matches!(err, PreprocessError::BadFrameGeometry { why: "odd width", .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "raw yuyv frame 3x2 is unusable: odd width"
+        );
+    }
+
+    #[test]
+    fn rgb24_passes_through_and_checks_its_length() {
+        let data: Vec<u8> = (0..2 * 3 * 3).collect();
+        let rgb = decode_raw(PixelFormat::Rgb24, 2, 3, &data, &limits()).unwrap();
+        assert_eq!((rgb.dimensions(), rgb.as_raw()), ((2, 3), &data));
+        let err = decode_raw(PixelFormat::Rgb24, 3, 3, &data, &limits()).unwrap_err();
+        assert!(matches!(err, PreprocessError::BadRawFrame { expected: 27, actual: 18, .. }), "{err}");
+        assert_eq!(err.to_string(), "raw rgb24 frame 3x3 should be 27 bytes, got 18");
+        let err = decode_raw(PixelFormat::Rgb24, 0, 3, &data, &limits()).unwrap_err();
+        assert!(matches!(err, PreprocessError::BadFrameGeometry { why: "zero size", .. }), "{err}");
+        let tiny = DecodeLimits { max_pixels: 5, ..limits() };
+        let err = decode_raw(PixelFormat::Rgb24, 2, 3, &data, &tiny).unwrap_err();
+        assert!(matches!(err, PreprocessError::TooManyPixels { width: 2, height: 3, limit: 5 }), "{err}");
+    }
+
+    #[test]
+    fn mjpeg_without_huffman_tables_gets_the_standard_ones() {
+        // image's JPEG encoder writes the Annex K tables, so stripping and re-inserting them
+        // must reproduce the original decode bit for bit.
+        let jpeg = synthetic_jpeg(64, 48, 85).unwrap();
+        let stripped = jpeg_markers::strip_huffman_tables(&jpeg);
+        assert!(stripped.len() < jpeg.len());
+        let err = decode_image(&stripped, &limits()).unwrap_err();
+        assert!(matches!(err, PreprocessError::Corrupt(_)), "{err}");
+        let expected = decode_image(&jpeg, &limits()).unwrap();
+        for frame in [&jpeg, &stripped] {
+            let rgb = decode_raw(PixelFormat::Mjpeg, 64, 48, frame, &limits()).unwrap();
+            assert_eq!(rgb, expected);
+        }
+    }
+
+    #[test]
+    fn pixel_format_names_round_trip_through_serde() {
+        for format in [PixelFormat::Rgb24, PixelFormat::Yuyv, PixelFormat::Mjpeg] {
+            let json = serde_json::to_string(&format).unwrap();
+            assert_eq!(json, format!("\"{format}\""));
+            assert_eq!(serde_json::from_str::<PixelFormat>(&json).unwrap(), format);
+        }
+    }
 }

@@ -11,6 +11,8 @@ pub(crate) struct JpegHeader {
     pub height: u32,
     /// At least one DHT (define Huffman table) segment precedes the first scan.
     pub has_huffman_tables: bool,
+    /// Offset of the first SOS marker: where the entropy-coded data begins.
+    pub scan_offset: usize,
 }
 
 const SOI: u8 = 0xD8;
@@ -74,7 +76,7 @@ pub(crate) fn scan_header(bytes: &[u8]) -> Result<JpegHeader, String> {
         if marker == SOS {
             let (width, height) =
                 frame.ok_or("a scan (SOS) starts before any frame header (SOF)")?;
-            return Ok(JpegHeader { width, height, has_huffman_tables });
+            return Ok(JpegHeader { width, height, has_huffman_tables, scan_offset: pos - 2 });
         }
         if marker == DHT {
             has_huffman_tables = true;
@@ -92,6 +94,18 @@ pub(crate) fn scan_header(bytes: &[u8]) -> Result<JpegHeader, String> {
         }
         pos += length;
     }
+}
+
+/// Whether an EOI marker (FF D9) follows the first scan. Entropy-coded data never contains that
+/// byte pair (an FF there is always followed by 00 or a restart code), so its absence means the
+/// stream was cut short. This check matters because image's JPEG decoder (zune-jpeg, lenient
+/// mode) decodes a truncated file without error, filling the missing part with gray: a frame
+/// dropped mid-transfer would otherwise reach the model as a plausible image. Bytes after EOI
+/// (padding some cameras add) are allowed.
+pub(crate) fn has_end_marker(bytes: &[u8], header: &JpegHeader) -> bool {
+    bytes
+        .get(header.scan_offset..)
+        .is_some_and(|data| data.windows(2).rev().any(|pair| pair == [0xFF, EOI]))
 }
 
 /// Returns the stream with one DHT segment holding the four standard tables (Annex K.3)
@@ -194,9 +208,13 @@ mod tests {
             0xE0, 0x02, 0x80, 1, 1, 0x11, 0, 0xFF, 0xDA, 0x00, 0x02,
         ];
         let header = scan_header(&bytes).unwrap();
+        assert!(!has_end_marker(&bytes, &header));
+        let mut complete = bytes.to_vec();
+        complete.extend_from_slice(&[0x12, 0xFF, 0x00, 0xFF, 0xD9, 0x00, 0x00]);
+        assert!(has_end_marker(&complete, &header));
         assert_eq!(
             header,
-            JpegHeader { width: 640, height: 480, has_huffman_tables: false }
+            JpegHeader { width: 640, height: 480, has_huffman_tables: false, scan_offset: 22 }
         );
     }
 
