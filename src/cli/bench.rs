@@ -161,7 +161,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             path.display().to_string(),
         ),
         None => (
-            synthetic_jpeg(640, 480, 85),
+            synthetic_jpeg(640, 480, 85)?,
             "synthetic 640x480 JPEG".to_string(),
         ),
     };
