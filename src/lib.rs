@@ -6,5 +6,6 @@
 
 pub mod cli; // subcommand implementations behind `src/main.rs`
 pub mod learn; // the trainable head: dataset scan, embedding cache, training, metrics, head file
+pub mod mqtt; // topics, payloads, publish policy, the rumqttc link
 pub mod procstat; // resident memory of this process (stats topic, bench)
 pub mod vision; // model manifests, model fetch, image decode + preprocess, the tract backbone
