@@ -245,7 +245,10 @@ impl<D: CameraDevice> FrameSource for CameraSource<D> {
 
 impl<D: CameraDevice> Drop for CameraSource<D> {
     fn drop(&mut self) {
-        self.device.close();
+        // Without a session the device was already closed when that session (or open) failed.
+        if self.choice.is_some() {
+            self.device.close();
+        }
     }
 }
 

@@ -16,13 +16,15 @@ use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A child that ran at least this long before failing resets the backoff.
 pub const STABLE_AFTER: Duration = Duration::from_secs(10);
 /// How long a child gets between SIGTERM and SIGKILL.
 const TERM_GRACE: Duration = Duration::from_millis(1000);
+/// How long a dead child's stderr reader gets to finish.
+const STDERR_DRAIN: Duration = Duration::from_millis(500);
 /// Warn once per child when this much output held no JPEG.
 const GARBAGE_WARN_BYTES: u64 = 1 << 20;
 
@@ -33,6 +35,8 @@ struct Running {
     started: Instant,
     frames: u64,
     warned_garbage: bool,
+    /// Disconnects when the stderr reader has seen EOF (every line is in the log by then).
+    stderr_done: Option<mpsc::Receiver<()>>,
 }
 
 /// An MJPEG stream read from a shell command's stdout.
@@ -104,9 +108,7 @@ impl ExecSource {
             stop_group(&mut child);
             return Err(std::io::Error::other("child has no stdout pipe"));
         };
-        if let Some(stderr) = stderr {
-            self.forward_stderr(stderr, child.id());
-        }
+        let stderr_done = stderr.and_then(|e| self.forward_stderr(e, child.id()));
         if self.spawned_once {
             self.probe.update(|h| h.restarts += 1);
         }
@@ -119,17 +121,25 @@ impl ExecSource {
             started: Instant::now(),
             frames: 0,
             warned_garbage: false,
+            stderr_done,
         });
         Ok(())
     }
 
-    /// A thread per child copies its stderr to the log; it ends when the pipe closes.
-    fn forward_stderr(&self, stderr: std::process::ChildStderr, pid: u32) {
+    /// A thread per child copies its stderr to the log; it ends when the pipe closes. The
+    /// returned receiver disconnects when it has.
+    fn forward_stderr(
+        &self,
+        stderr: std::process::ChildStderr,
+        pid: u32,
+    ) -> Option<mpsc::Receiver<()>> {
         let label = self.label.clone();
         let last = Arc::clone(&self.last_stderr);
+        let (done_tx, done_rx) = mpsc::channel::<()>();
         let spawned = std::thread::Builder::new()
             .name(format!("exec-stderr-{pid}"))
             .spawn(move || {
+                let _done = done_tx;
                 let mut reader = BufReader::new(stderr);
                 let mut line = Vec::new();
                 // read_until + lossy: a child may print anything, not only UTF-8.
@@ -144,8 +154,12 @@ impl ExecSource {
                     line.clear();
                 }
             });
-        if let Err(e) = spawned {
-            log::warn!("{}: cannot start the stderr reader: {e}", self.label);
+        match spawned {
+            Ok(_) => Some(done_rx),
+            Err(e) => {
+                log::warn!("{}: cannot start the stderr reader: {e}", self.label);
+                None
+            }
         }
     }
 
@@ -157,6 +171,11 @@ impl ExecSource {
         drop(run.stdout);
         let status = stop_group(&mut run.child);
         let ran = run.started.elapsed();
+        // The group is gone, so stderr is at EOF: let the reader log the last lines first (bounded,
+        // in case something outside the group inherited the pipe).
+        if let Some(done) = run.stderr_done.take() {
+            let _ = done.recv_timeout(STDERR_DRAIN);
+        }
         let stderr = self
             .last_stderr
             .lock()
@@ -356,6 +375,7 @@ mod tests {
         };
         assert_eq!(attempt, 1);
         assert!(last_error.contains("exited with status 3"), "{last_error}");
+        assert!(last_error.contains("last stderr: bye"), "{last_error}");
     }
 
     #[test]
