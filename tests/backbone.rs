@@ -320,3 +320,19 @@ fn shipped_zoo_manifest_parses() {
     );
     assert_eq!(m.labels.as_ref().map(|l| l.offset), Some(1));
 }
+
+#[test]
+fn a_spatial_tensor_is_refused_as_embedding() {
+    // The last ReLU6 before pooling: [1, 1280, 7, 7], not a feature vector.
+    let (_dir, result) = load_edited(|t| t.replace("\"features\"", "\"Relu6__90:0\""));
+    let err = result.unwrap_err();
+    assert!(
+        matches!(err, BackboneError::BadOutputShape { .. }),
+        "{err:?}"
+    );
+    let err = err.to_string();
+    assert!(
+        err.contains("Relu6__90:0") && err.contains("1280, 7, 7"),
+        "{err}"
+    );
+}
