@@ -7,4 +7,5 @@
 pub mod cli; // subcommand implementations behind `src/main.rs`
 pub mod learn; // the trainable head: dataset scan, embedding cache, training, metrics, head file
 pub mod procstat; // resident memory of this process (stats topic, bench)
+pub mod systemd; // sd_notify, watchdog gating, journald detection
 pub mod vision; // model manifests, model fetch, image decode + preprocess, the tract backbone
