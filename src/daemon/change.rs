@@ -93,7 +93,10 @@ mod tests {
     fn difference_of_flat_images_is_the_grey_step() {
         let d = Thumbnail::of(&flat(100)).difference(&Thumbnail::of(&flat(110)));
         assert!((d - 10.0).abs() <= 1.0, "{d}");
-        assert_eq!(Thumbnail::of(&flat(5)).difference(&Thumbnail::of(&flat(5))), 0.0);
+        assert_eq!(
+            Thumbnail::of(&flat(5)).difference(&Thumbnail::of(&flat(5))),
+            0.0
+        );
     }
 
     #[test]
@@ -101,7 +104,10 @@ mod tests {
         let mut filter = ChangeFilter::new(4.0);
         assert!(filter.should_process(&flat(100)), "first frame always");
         assert!(!filter.should_process(&flat(101)));
-        assert!(!filter.should_process(&flat(102)), "compared with the last processed");
+        assert!(
+            !filter.should_process(&flat(102)),
+            "compared with the last processed"
+        );
         assert!(filter.should_process(&flat(120)));
         let mut off = ChangeFilter::new(0.0);
         assert!(off.should_process(&flat(1)) && off.should_process(&flat(1)));

@@ -47,7 +47,10 @@ pub struct RateMeter {
 
 impl RateMeter {
     pub fn new(now: Instant) -> Self {
-        Self { count: 0, since: now }
+        Self {
+            count: 0,
+            since: now,
+        }
     }
 
     pub fn tick(&mut self) {

@@ -37,7 +37,9 @@ impl<T> LatestSlot<T> {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State<T>> {
         // A panic in another pipeline thread must not cascade: the slot's state is always valid.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Puts `item` in the slot. Returns true when it replaced an item nobody had taken (a drop).

@@ -281,7 +281,7 @@ pub fn v4l2_index(path: &Path) -> Option<u32> {
 }
 
 /// Which pixel format to ask a camera for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FormatPreference {
     /// MJPEG preferred, YUYV fallback, then RGB.
@@ -304,7 +304,7 @@ impl fmt::Display for FormatPreference {
 }
 
 /// The `[source]` config section.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SourceConfig {
     pub uri: String,
