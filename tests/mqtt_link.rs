@@ -54,7 +54,12 @@ fn prediction(device: &str, frame_id: u64) -> Prediction {
 }
 
 fn recv(rt: &Runtime, rx: &mut mpsc::Receiver<Received>, timeout: Duration) -> Option<Received> {
-    rt.block_on(async { tokio::time::timeout(timeout, rx.recv()).await.ok().flatten() })
+    rt.block_on(async {
+        tokio::time::timeout(timeout, rx.recv())
+            .await
+            .ok()
+            .flatten()
+    })
 }
 
 fn frame_ids(sub: &Subscriber, topic: &str) -> Vec<u64> {
@@ -82,7 +87,10 @@ fn online_is_retained_and_predictions_arrive() {
     link.publish_json(Outgoing::Prediction, &sent).unwrap();
     let got = sub.expect_any("glimpse/cam1/prediction");
     assert!(!got.retain, "predictions are a stream, not retained");
-    assert_eq!(serde_json::from_slice::<Prediction>(&got.payload).unwrap(), sent);
+    assert_eq!(
+        serde_json::from_slice::<Prediction>(&got.payload).unwrap(),
+        sent
+    );
 
     let counters = link.counters();
     assert!(counters.connected);
@@ -119,13 +127,19 @@ fn incoming_samples_and_commands_are_delivered_and_bad_topics_counted() {
     );
     assert_eq!(got.payload, b"{}");
 
-    sub.publish("glimpse/cam1/sample", br#"{"frame_id":7,"label":"daisy"}"#.to_vec(), false);
+    sub.publish(
+        "glimpse/cam1/sample",
+        br#"{"frame_id":7,"label":"daisy"}"#.to_vec(),
+        false,
+    );
     let got = recv(&rt, &mut rx, WAIT).expect("JSON sample not delivered");
     assert_eq!(got.incoming, Incoming::SampleJson);
 
     // `cmd/` with an empty name matches the `cmd/+` filter but is not a valid command.
     sub.publish("glimpse/cam1/cmd/", b"{}".to_vec(), false);
-    wait_until("bad topic counted", || link.counters().rejected_incoming == 1);
+    wait_until("bad topic counted", || {
+        link.counters().rejected_incoming == 1
+    });
     rt.block_on(link.shutdown());
 }
 
@@ -271,7 +285,10 @@ fn abrupt_death_publishes_the_offline_will() {
     let offline = sub.expect("glimpse/probe/availability", b"offline");
     assert!(offline.retain || sub.messages("glimpse/probe/availability").len() > 1);
     let late = Subscriber::connect(broker.port(), &["glimpse/probe/availability"]);
-    assert_eq!(late.expect_any("glimpse/probe/availability").text(), "offline");
+    assert_eq!(
+        late.expect_any("glimpse/probe/availability").text(),
+        "offline"
+    );
 }
 
 #[test]

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use rumqttc::{Client, Event, MqttOptions, Packet, QoS, SubscribeFilter, TlsConfiguration, Transport};
+use rumqttc::{
+    Client, Event, MqttOptions, Packet, QoS, SubscribeFilter, TlsConfiguration, Transport,
+};
 use serde_json::{json, Value};
 
 use crate::mqtt::config::{parse_broker_url, Scheme, SYSTEM_CA_BUNDLE};
@@ -34,7 +36,11 @@ const SUMMARY_CHARS: usize = 120;
 #[derive(Debug, Clone, Args)]
 pub struct WatchArgs {
     /// Broker URL: mqtt://host[:port] or mqtts://host[:port] (system CA bundle).
-    #[arg(long, default_value = "mqtt://localhost:1883", env = "GLIMPSE_MQTT_URL")]
+    #[arg(
+        long,
+        default_value = "mqtt://localhost:1883",
+        env = "GLIMPSE_MQTT_URL"
+    )]
     pub url: String,
     /// Topic prefix the devices publish under.
     #[arg(long, default_value = "glimpse")]
@@ -85,11 +91,9 @@ pub fn format_message(
         (Outgoing::Thumbnail, _) => format!("{} bytes", payload.len()),
         (_, None) => format!("<not JSON, {} bytes>", payload.len()),
         (Outgoing::Prediction, Some(v)) => prediction_summary(v),
-        (Outgoing::State, Some(v)) => format!(
-            "{} ({})",
-            str_field(v, "label"),
-            score_text(v.get("score"))
-        ),
+        (Outgoing::State, Some(v)) => {
+            format!("{} ({})", str_field(v, "label"), score_text(v.get("score")))
+        }
         (Outgoing::Stats, Some(v)) => format!(
             "fps {}/{} dropped {} reconnects {}",
             num_field(v, "fps_in"),
@@ -200,8 +204,9 @@ pub fn watch(args: &WatchArgs) -> anyhow::Result<()> {
     options.set_max_packet_size(16 * 1024 * 1024, 64 * 1024);
     if let Some(user) = &args.username {
         let password = match &args.password_env {
-            Some(name) => std::env::var(name)
-                .with_context(|| format!("--password-env: {name} is not set"))?,
+            Some(name) => {
+                std::env::var(name).with_context(|| format!("--password-env: {name} is not set"))?
+            }
             None => String::new(),
         };
         options.set_credentials(user.clone(), password);
@@ -233,13 +238,8 @@ pub fn watch(args: &WatchArgs) -> anyhow::Result<()> {
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                let line = format_message(
-                    &args.prefix,
-                    &p.topic,
-                    &p.payload,
-                    args.json,
-                    now_unix_ms(),
-                );
+                let line =
+                    format_message(&args.prefix, &p.topic, &p.payload, args.json, now_unix_ms());
                 if let Some(line) = line {
                     println!("{line}");
                     printed += 1;
@@ -325,8 +325,14 @@ mod tests {
 
     #[test]
     fn json_output_wraps_the_payload() {
-        let line =
-            format_message("glimpse", "glimpse/cam1/state", br#"{"label":"a"}"#, true, AT).unwrap();
+        let line = format_message(
+            "glimpse",
+            "glimpse/cam1/state",
+            br#"{"label":"a"}"#,
+            true,
+            AT,
+        )
+        .unwrap();
         let v: Value = serde_json::from_str(&line).unwrap();
         assert_eq!(
             v,

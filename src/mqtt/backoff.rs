@@ -69,7 +69,15 @@ mod tests {
         let delays: Vec<_> = (0..7).map(|_| b.next_delay(0.5)).collect();
         assert_eq!(
             delays,
-            vec![ms(100), ms(200), ms(400), ms(800), ms(1_000), ms(1_000), ms(1_000)]
+            vec![
+                ms(100),
+                ms(200),
+                ms(400),
+                ms(800),
+                ms(1_000),
+                ms(1_000),
+                ms(1_000)
+            ]
         );
         assert_eq!(b.attempts(), 7);
     }

@@ -162,9 +162,7 @@ pub fn parse_broker_url(url: &str) -> Result<BrokerUrl, String> {
     } else if let Some(rest) = url.strip_prefix("mqtts://") {
         (Scheme::Mqtts, rest)
     } else {
-        return Err(format!(
-            "{url:?} must start with mqtt:// or mqtts://"
-        ));
+        return Err(format!("{url:?} must start with mqtt:// or mqtts://"));
     };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     if rest.contains('/') || rest.contains('@') || rest.contains('?') {
@@ -246,10 +244,7 @@ impl MqttConfig {
             return Err(invalid("client_id", "must not contain control characters"));
         }
         if self.qos > 2 {
-            return Err(invalid(
-                "qos",
-                format!("{} is not 0, 1 or 2", self.qos),
-            ));
+            return Err(invalid("qos", format!("{} is not 0, 1 or 2", self.qos)));
         }
         if self.keepalive_s != 0 && self.keepalive_s < 5 {
             return Err(invalid(
@@ -282,8 +277,7 @@ impl MqttConfig {
                 "set password_file or password_env, not both",
             ));
         }
-        if (self.password_file.is_some() || self.password_env.is_some())
-            && self.username.is_none()
+        if (self.password_file.is_some() || self.password_env.is_some()) && self.username.is_none()
         {
             return Err(invalid("username", "a password is set but username is not"));
         }
@@ -300,9 +294,7 @@ impl MqttConfig {
                 "ca_file / client_cert are set but the url is mqtt:// (use mqtts://)",
             ));
         }
-        self.publish
-            .validate()
-            .map_err(|m| invalid("publish", m))?;
+        self.publish.validate().map_err(|m| invalid("publish", m))?;
         validate_prefix(&self.homeassistant.discovery_prefix)
             .map_err(|e| invalid("homeassistant.discovery_prefix", e.to_string()))?;
         Ok(())
@@ -316,9 +308,8 @@ impl MqttConfig {
             return Ok(Some(Secret::new(line)));
         }
         if let Some(name) = &self.password_env {
-            let value = std::env::var(name).map_err(|_| MqttConfigError::MissingEnv {
-                name: name.clone(),
-            })?;
+            let value = std::env::var(name)
+                .map_err(|_| MqttConfigError::MissingEnv { name: name.clone() })?;
             return Ok(Some(Secret::new(value)));
         }
         Ok(None)
@@ -414,9 +405,15 @@ mod tests {
     #[test]
     fn parses_broker_urls() {
         let u = parse_broker_url("mqtt://broker.lan").unwrap();
-        assert_eq!((u.scheme, u.host.as_str(), u.port), (Scheme::Mqtt, "broker.lan", 1883));
+        assert_eq!(
+            (u.scheme, u.host.as_str(), u.port),
+            (Scheme::Mqtt, "broker.lan", 1883)
+        );
         let u = parse_broker_url("mqtts://broker.lan:8884/").unwrap();
-        assert_eq!((u.scheme, u.host.as_str(), u.port), (Scheme::Mqtts, "broker.lan", 8884));
+        assert_eq!(
+            (u.scheme, u.host.as_str(), u.port),
+            (Scheme::Mqtts, "broker.lan", 8884)
+        );
         let u = parse_broker_url("mqtts://broker.lan").unwrap();
         assert_eq!(u.port, 8883);
         let u = parse_broker_url("mqtt://[::1]:1999").unwrap();
@@ -444,20 +441,74 @@ mod tests {
     fn validation_errors_name_the_key() {
         let base = config("device_id = \"cam1\"");
         let cases: Vec<(MqttConfig, &str)> = vec![
-            (MqttConfig { url: "http://x".into(), ..base.clone() }, "mqtt.url"),
-            (MqttConfig { prefix: "a/+".into(), ..base.clone() }, "mqtt.prefix"),
-            (MqttConfig { device_id: "a/b".into(), ..base.clone() }, "mqtt.device_id"),
-            (MqttConfig { qos: 3, ..base.clone() }, "mqtt.qos"),
-            (MqttConfig { keepalive_s: 2, ..base.clone() }, "mqtt.keepalive_s"),
-            (MqttConfig { max_packet_bytes: 10, ..base.clone() }, "mqtt.max_packet_bytes"),
-            (MqttConfig { outbox_capacity: 0, ..base.clone() }, "mqtt.outbox_capacity"),
-            (MqttConfig { stats_interval_s: 0, ..base.clone() }, "mqtt.stats_interval_s"),
             (
-                MqttConfig { reconnect_backoff_max_s: 0, ..base.clone() },
+                MqttConfig {
+                    url: "http://x".into(),
+                    ..base.clone()
+                },
+                "mqtt.url",
+            ),
+            (
+                MqttConfig {
+                    prefix: "a/+".into(),
+                    ..base.clone()
+                },
+                "mqtt.prefix",
+            ),
+            (
+                MqttConfig {
+                    device_id: "a/b".into(),
+                    ..base.clone()
+                },
+                "mqtt.device_id",
+            ),
+            (
+                MqttConfig {
+                    qos: 3,
+                    ..base.clone()
+                },
+                "mqtt.qos",
+            ),
+            (
+                MqttConfig {
+                    keepalive_s: 2,
+                    ..base.clone()
+                },
+                "mqtt.keepalive_s",
+            ),
+            (
+                MqttConfig {
+                    max_packet_bytes: 10,
+                    ..base.clone()
+                },
+                "mqtt.max_packet_bytes",
+            ),
+            (
+                MqttConfig {
+                    outbox_capacity: 0,
+                    ..base.clone()
+                },
+                "mqtt.outbox_capacity",
+            ),
+            (
+                MqttConfig {
+                    stats_interval_s: 0,
+                    ..base.clone()
+                },
+                "mqtt.stats_interval_s",
+            ),
+            (
+                MqttConfig {
+                    reconnect_backoff_max_s: 0,
+                    ..base.clone()
+                },
                 "mqtt.reconnect_backoff_max_s",
             ),
             (
-                MqttConfig { password_env: Some("X".into()), ..base.clone() },
+                MqttConfig {
+                    password_env: Some("X".into()),
+                    ..base.clone()
+                },
                 "mqtt.username",
             ),
             (
@@ -468,7 +519,13 @@ mod tests {
                 },
                 "mqtt.client_cert",
             ),
-            (MqttConfig { ca_file: Some("ca.pem".into()), ..base.clone() }, "mqtt.url"),
+            (
+                MqttConfig {
+                    ca_file: Some("ca.pem".into()),
+                    ..base.clone()
+                },
+                "mqtt.url",
+            ),
             (
                 MqttConfig {
                     homeassistant: HomeAssistantConfig {
@@ -516,6 +573,9 @@ mod tests {
             ..config("device_id = \"cam1\"")
         };
         let err = c.password().unwrap_err().to_string();
-        assert!(err.contains("mqtt.password_file") && err.contains("/nonexistent/pw"), "{err}");
+        assert!(
+            err.contains("mqtt.password_file") && err.contains("/nonexistent/pw"),
+            "{err}"
+        );
     }
 }

@@ -463,7 +463,9 @@ impl PollTask {
         let incoming = match self.topics.parse_incoming(&topic) {
             Ok(incoming) => incoming,
             Err(e) => {
-                self.shared.rejected_incoming.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .rejected_incoming
+                    .fetch_add(1, Ordering::Relaxed);
                 warn!("mqtt: ignoring message: {e}");
                 return;
             }
@@ -485,7 +487,9 @@ impl PollTask {
 
     async fn on_error(&mut self, error: ConnectionError, random: f64) {
         let was_connected = self.shared.connected.swap(false, Ordering::Relaxed);
-        self.shared.connection_errors.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .connection_errors
+            .fetch_add(1, Ordering::Relaxed);
         // rumqttc moves unacked and queued requests into `pending` for replay; trim it so a
         // flapping broker cannot grow it without bound (the newest messages are kept).
         let pending = &mut self.eventloop.pending;
@@ -597,7 +601,11 @@ mod tests {
             // rumqttc counts the packet id only once one is assigned (on the wire it always is).
             publish.pkid = 1;
             let reference = publish.size();
-            assert_eq!(publish_packet_size(topic, len, qos), reference, "{topic} {len}");
+            assert_eq!(
+                publish_packet_size(topic, len, qos),
+                reference,
+                "{topic} {len}"
+            );
         }
     }
 
@@ -613,7 +621,9 @@ mod tests {
         }
         let c = shared.counters();
         assert_eq!((c.queued, c.dropped_outgoing), (3, 2));
-        let kept: Vec<String> = std::iter::from_fn(|| shared.pop()).map(|m| m.topic).collect();
+        let kept: Vec<String> = std::iter::from_fn(|| shared.pop())
+            .map(|m| m.topic)
+            .collect();
         assert_eq!(kept, vec!["t/2", "t/3", "t/4"]);
     }
 
@@ -648,7 +658,10 @@ mod tests {
         };
         let topics = config.topics().unwrap();
         let err = mqtt_options(&config, &topics).unwrap_err().to_string();
-        assert!(err.contains("mqtt.ca_file") && err.contains("/nonexistent/ca.pem"), "{err}");
+        assert!(
+            err.contains("mqtt.ca_file") && err.contains("/nonexistent/ca.pem"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -657,6 +670,9 @@ mod tests {
             device_id: "cam1".into(),
             ..MqttConfig::default()
         };
-        assert!(matches!(MqttLink::start(&config), Err(LinkError::NoRuntime)));
+        assert!(matches!(
+            MqttLink::start(&config),
+            Err(LinkError::NoRuntime)
+        ));
     }
 }

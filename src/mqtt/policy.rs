@@ -177,12 +177,17 @@ mod tests {
         frames
             .iter()
             .enumerate()
-            .map(|(i, (label, score))| p.decide(label, *score, t0 + Duration::from_millis(10 * i as u64)))
+            .map(|(i, (label, score))| {
+                p.decide(label, *score, t0 + Duration::from_millis(10 * i as u64))
+            })
             .collect()
     }
 
     fn changes(decisions: &[Decision]) -> Vec<Option<&str>> {
-        decisions.iter().map(|d| d.state_changed.as_deref()).collect()
+        decisions
+            .iter()
+            .map(|d| d.state_changed.as_deref())
+            .collect()
     }
 
     #[test]
@@ -202,9 +207,15 @@ mod tests {
     #[test]
     fn first_state_needs_k_frames_too() {
         let mut p = policy(PublishMode::EveryFrame, 3, 0, 0.0);
-        let d = feed(&mut p, &[("cat", 0.9), ("cat", 0.9), ("cat", 0.9), ("cat", 0.9)]);
+        let d = feed(
+            &mut p,
+            &[("cat", 0.9), ("cat", 0.9), ("cat", 0.9), ("cat", 0.9)],
+        );
         assert_eq!(changes(&d), vec![None, None, Some("cat"), None]);
-        assert!(d.iter().all(|d| d.publish_prediction), "every_frame publishes each frame");
+        assert!(
+            d.iter().all(|d| d.publish_prediction),
+            "every_frame publishes each frame"
+        );
     }
 
     #[test]
@@ -226,7 +237,19 @@ mod tests {
         let d = feed(&mut p, &frames);
         assert_eq!(
             changes(&d),
-            vec![None, None, Some("cat"), None, None, None, None, None, None, None, Some("dog")]
+            vec![
+                None,
+                None,
+                Some("cat"),
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                Some("dog")
+            ]
         );
         let published: Vec<bool> = d.iter().map(|d| d.publish_prediction).collect();
         assert_eq!(
@@ -241,7 +264,10 @@ mod tests {
     fn alternating_challengers_never_win() {
         let mut p = policy(PublishMode::OnChange, 2, 0, 0.0);
         feed(&mut p, &[("cat", 1.0), ("cat", 1.0)]);
-        let d = feed(&mut p, &[("dog", 1.0), ("owl", 1.0), ("dog", 1.0), ("owl", 1.0)]);
+        let d = feed(
+            &mut p,
+            &[("dog", 1.0), ("owl", 1.0), ("dog", 1.0), ("owl", 1.0)],
+        );
         assert!(changes(&d).iter().all(Option::is_none));
         assert_eq!(p.state(), Some("cat"));
     }
@@ -283,10 +309,7 @@ mod tests {
         );
         let published: Vec<bool> = d.iter().map(|d| d.publish_prediction).collect();
         assert_eq!(published, vec![false, true, false, true, true, false]);
-        assert_eq!(
-            changes(&d),
-            vec![None, None, None, None, Some("cat"), None]
-        );
+        assert_eq!(changes(&d), vec![None, None, None, None, Some("cat"), None]);
         assert_eq!(p.state(), Some("cat"));
     }
 
@@ -303,7 +326,10 @@ mod tests {
         let mut p = policy(PublishMode::EveryFrame, 1, 100, 0.0);
         let t = Instant::now() + Duration::from_secs(1);
         assert!(p.decide("cat", 1.0, t).publish_prediction);
-        assert!(!p.decide("cat", 1.0, t - Duration::from_millis(500)).publish_prediction);
+        assert!(
+            !p.decide("cat", 1.0, t - Duration::from_millis(500))
+                .publish_prediction
+        );
     }
 
     #[test]

@@ -287,7 +287,11 @@ impl Subscriber {
     /// Everything received on `topic`, oldest first.
     pub fn messages(&self, topic: &str) -> Vec<Msg> {
         let messages = self.inbox.messages.lock().expect("inbox lock");
-        messages.iter().filter(|m| m.topic == topic).cloned().collect()
+        messages
+            .iter()
+            .filter(|m| m.topic == topic)
+            .cloned()
+            .collect()
     }
 
     /// Payloads on `topic` as text (truncated), for failure messages.

@@ -46,7 +46,11 @@ mod tests {
 
     #[test]
     fn round_trips_and_refuses_others() {
-        for a in [Availability::Online, Availability::Offline, Availability::Stopped] {
+        for a in [
+            Availability::Online,
+            Availability::Offline,
+            Availability::Stopped,
+        ] {
             assert_eq!(Availability::parse(a.as_str().as_bytes()), Some(a));
         }
         assert_eq!(Availability::parse(b"ONLINE"), None);

@@ -46,8 +46,14 @@ mod tests {
             label: Some("daisy".into()),
             score: Some(0.875),
             top_k: vec![
-                Scored { label: "daisy".into(), score: 0.875 },
-                Scored { label: "tulips".into(), score: 0.125 },
+                Scored {
+                    label: "daisy".into(),
+                    score: 0.875,
+                },
+                Scored {
+                    label: "tulips".into(),
+                    score: 0.125,
+                },
             ],
             imagenet_top_k: None,
             captured_at_ms: 1_700_000_000_123,
@@ -80,7 +86,10 @@ mod tests {
             label: None,
             score: None,
             top_k: vec![],
-            imagenet_top_k: Some(vec![Scored { label: "daisy".into(), score: 0.5 }]),
+            imagenet_top_k: Some(vec![Scored {
+                label: "daisy".into(),
+                score: 0.5,
+            }]),
             head_version: None,
             ..sample()
         };

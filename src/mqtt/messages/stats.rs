@@ -49,8 +49,20 @@ mod tests {
             frames_dropped: 3,
             frames_skipped: 0,
             stages: BTreeMap::from([
-                ("backbone".to_string(), StageLatency { median_ms: 24.0, p95_ms: 31.5 }),
-                ("decode".to_string(), StageLatency { median_ms: 2.0, p95_ms: 3.0 }),
+                (
+                    "backbone".to_string(),
+                    StageLatency {
+                        median_ms: 24.0,
+                        p95_ms: 31.5,
+                    },
+                ),
+                (
+                    "decode".to_string(),
+                    StageLatency {
+                        median_ms: 2.0,
+                        p95_ms: 3.0,
+                    },
+                ),
             ]),
             rss_bytes: 120_000_000,
             uptime_s: 3600,
