@@ -454,6 +454,15 @@ impl PollTask {
                     }
                 }
                 Ok(_) => {}
+                Err(error) if self.shared.closing.load(Ordering::Relaxed) => {
+                    // Shutting down: no reconnect loop, `shutdown` gives up on this connection.
+                    self.shared.connected.store(false, Ordering::Relaxed);
+                    debug!(
+                        "mqtt connection to {} ended during shutdown: {error}",
+                        self.broker
+                    );
+                    return;
+                }
                 Err(error) => self.on_error(error, rng.gen::<f64>()).await,
             }
         }

@@ -179,7 +179,12 @@ impl Subscriber {
     /// Connects to the broker on `port`, subscribes to `filters` (QoS 1) and returns once the
     /// broker acknowledged the subscription.
     pub fn connect(port: u16, filters: &[&str]) -> Subscriber {
-        let id = format!("test-sub-{}-{}", std::process::id(), free_port());
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        let id = format!(
+            "test-sub-{}-{}",
+            std::process::id(),
+            NEXT_ID.fetch_add(1, Ordering::Relaxed)
+        );
         let mut options = MqttOptions::new(id, "127.0.0.1", port);
         options.set_keep_alive(Duration::from_secs(5));
         options.set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
