@@ -4,8 +4,9 @@
 //! A directory is listed once at open (jpg/jpeg/png/bmp, non-recursive, sorted by name so replay
 //! order is reproducible); files are read on demand and handed out as `FrameData::Encoded`.
 
-use super::{FrameData, FrameSource, FrameStamper, HealthProbe, HealthState, Sleeper, SourceError};
-use crate::source::Frame;
+use super::{
+    Frame, FrameData, FrameSource, FrameStamper, HealthProbe, HealthState, Sleeper, SourceError,
+};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,7 @@
 //! `exec:` sources: runs `sh -c <command>` and reads an MJPEG stream from its stdout. This is how
 //! glimpse reads cameras nokhwa cannot (Jetson CSI sensors through `gst-launch-1.0
-//! nvarguscamerasrc ! jpegenc ! fdsink`), network streams through ffmpeg, and test patterns.
+//! -q nvarguscamerasrc ! jpegenc ! fdsink`; `-q` keeps its progress lines off stdout, though the
+//! splitter would skip them), network streams through ffmpeg, and test patterns.
 //!
 //! The child runs in its own process group so a pipeline (`a | b`) is stopped as a whole, first
 //! with SIGTERM (gstreamer's camera daemon wants a chance to release the sensor), then SIGKILL.
@@ -380,7 +381,7 @@ mod tests {
 
     #[test]
     fn drop_kills_the_whole_process_group() {
-        let mut s = ExecSource::spawn("sleep 60 | sleep 60", fast_backoff())
+        let s = ExecSource::spawn("sleep 60 | sleep 60", fast_backoff())
             .unwrap_or_else(|e| panic!("{e}"));
         let Some(pid) = s.pid() else {
             panic!("no child");
