@@ -198,15 +198,20 @@ impl Preprocessor {
         // Convolution with the bilinear kernel widens the kernel when shrinking (antialiasing, like
         // Pillow); the reference tensors match it far better than fixed-size interpolation does.
         let options = fr::ResizeOptions::new()
-            .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear))
-            .crop(
-                f64::from(crop.left),
-                f64::from(crop.top),
-                f64::from(crop.width),
-                f64::from(crop.height),
-            );
+            .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear));
+        if (crop.width, crop.height) == (src_width, src_height) {
+            return self
+                .resizer
+                .resize(&src, &mut self.resized, &options)
+                .map_err(|e| failed(e.to_string()));
+        }
+        // A cropped view rather than ResizeOptions::crop: the latter lets the filter read pixels
+        // outside the crop box, so the cut-off borders would bleed into the model input.
+        let cropped =
+            fr::images::CroppedImage::new(&src, crop.left, crop.top, crop.width, crop.height)
+                .map_err(|e| failed(e.to_string()))?;
         self.resizer
-            .resize(&src, &mut self.resized, &options)
+            .resize(&cropped, &mut self.resized, &options)
             .map_err(|e| failed(e.to_string()))
     }
 }
@@ -236,5 +241,191 @@ fn normalize(pixels: &[u8], tables: &[[f32; 256]; 3], layout: Layout, out: &mut 
                 *b = blue[usize::from(px[2])];
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(width: u32, height: u32, layout: Layout) -> InputSpec {
+        InputSpec {
+            width,
+            height,
+            layout,
+            mean: [0.5; 3],
+            std: [0.5; 3],
+            pixel_scale: 255.0,
+        }
+    }
+
+    fn noisy_image(width: u32, height: u32) -> RgbImage {
+        let mut state = 7u32;
+        RgbImage::from_fn(width, height, |_, _| {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let [a, b, c, _] = state.to_le_bytes();
+            image::Rgb([a, b, c])
+        })
+    }
+
+    #[test]
+    fn preprocessor_can_move_to_a_worker_thread() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Preprocessor>();
+    }
+
+    #[test]
+    fn center_crop_keeps_the_model_aspect_ratio_centered() {
+        let crop = |sw, sh, dw, dh| {
+            let c = center_crop(sw, sh, dw, dh);
+            (c.left, c.top, c.width, c.height)
+        };
+        assert_eq!(crop(640, 480, 224, 224), (80, 0, 480, 480));
+        assert_eq!(crop(480, 640, 224, 224), (0, 80, 480, 480));
+        assert_eq!(crop(641, 480, 224, 224), (80, 0, 480, 480));
+        assert_eq!(crop(224, 224, 224, 224), (0, 0, 224, 224));
+        assert_eq!(crop(1000, 500, 448, 224), (0, 0, 1000, 500));
+        assert_eq!(crop(1000, 1000, 300, 200), (0, 166, 1000, 667));
+        assert_eq!(crop(1, 1000, 224, 224), (0, 499, 1, 1));
+    }
+
+    #[test]
+    fn center_crop_mode_ignores_the_side_bands() {
+        // 640x480: red bands of 80 columns each side, blue 480x480 center.
+        let image = RgbImage::from_fn(640, 480, |x, _| {
+            if (80..560).contains(&x) {
+                image::Rgb([0, 0, 255])
+            } else {
+                image::Rgb([255, 0, 0])
+            }
+        });
+        let mut out = Vec::new();
+        let mut pre = Preprocessor::new(&spec(224, 224, Layout::Nchw), ResizeMode::CenterCrop);
+        pre.run(&image, &mut out).unwrap();
+        let plane = 224 * 224;
+        assert!(
+            out[..plane].iter().all(|&r| r == -1.0),
+            "red leaked into the crop"
+        );
+        assert!(out[2 * plane..].iter().all(|&b| b == 1.0));
+
+        let mut stretch = Preprocessor::new(&spec(224, 224, Layout::Nchw), ResizeMode::Stretch);
+        stretch.run(&image, &mut out).unwrap();
+        assert_eq!(out[0], 1.0, "stretch keeps the red band at the left edge");
+    }
+
+    #[test]
+    fn tables_follow_both_normalization_conventions() {
+        let tf = InputSpec {
+            mean: [127.5; 3],
+            std: [127.5; 3],
+            pixel_scale: 1.0,
+            ..spec(224, 224, Layout::Nhwc)
+        };
+        for table in normalization_tables(&tf) {
+            assert_eq!((table[0], table[255]), (-1.0, 1.0));
+        }
+        let torchvision = InputSpec {
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+            ..spec(224, 224, Layout::Nchw)
+        };
+        let tables = normalization_tables(&torchvision);
+        for c in 0..3 {
+            let (mean, std) = (torchvision.mean[c], torchvision.std[c]);
+            assert!((tables[c][0] - -mean / std).abs() < 1e-6);
+            assert!((tables[c][255] - (1.0 - mean) / std).abs() < 1e-6);
+        }
+        assert!((tables[0][0] - -2.117_904).abs() < 1e-5);
+        assert!((tables[2][255] - 2.64).abs() < 1e-5);
+    }
+
+    #[test]
+    fn nhwc_output_is_the_exact_transpose_of_nchw() {
+        let image = noisy_image(97, 61);
+        let (mut nchw, mut nhwc) = (Vec::new(), Vec::new());
+        Preprocessor::new(&spec(32, 24, Layout::Nchw), ResizeMode::Stretch)
+            .run(&image, &mut nchw)
+            .unwrap();
+        Preprocessor::new(&spec(32, 24, Layout::Nhwc), ResizeMode::Stretch)
+            .run(&image, &mut nhwc)
+            .unwrap();
+        assert_eq!(nchw.len(), 3 * 32 * 24);
+        for i in 0..32 * 24 {
+            for c in 0..3 {
+                assert_eq!(
+                    nhwc[i * 3 + c],
+                    nchw[c * 32 * 24 + i],
+                    "pixel {i} channel {c}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn image_of_model_size_is_normalized_without_resampling() {
+        let image = noisy_image(16, 8);
+        let mut out = Vec::new();
+        let mut pre = Preprocessor::new(&spec(16, 8, Layout::Nhwc), ResizeMode::CenterCrop);
+        pre.run(&image, &mut out).unwrap();
+        let expected: Vec<f32> = image
+            .as_raw()
+            .iter()
+            .map(|&v| (f32::from(v) / 255.0 - 0.5) / 0.5)
+            .collect();
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn reuse_across_sizes_matches_a_fresh_preprocessor_and_keeps_the_buffer() {
+        let s = spec(40, 30, Layout::Nchw);
+        let mut reused = Preprocessor::new(&s, ResizeMode::CenterCrop);
+        let mut out = Vec::new();
+        reused.run(&noisy_image(200, 90), &mut out).unwrap();
+        let buffer = out.as_ptr();
+        let second = noisy_image(50, 120);
+        reused.run(&second, &mut out).unwrap();
+        assert_eq!(out.as_ptr(), buffer, "output buffer was reallocated");
+        let mut fresh = Vec::new();
+        Preprocessor::new(&s, ResizeMode::CenterCrop)
+            .run(&second, &mut fresh)
+            .unwrap();
+        assert_eq!(out, fresh);
+    }
+
+    #[test]
+    fn empty_image_and_bad_bytes_are_errors() {
+        let mut pre = Preprocessor::new(&spec(8, 8, Layout::Nchw), ResizeMode::Stretch);
+        let mut out = Vec::new();
+        let err = pre.run(&RgbImage::new(0, 5), &mut out).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PreprocessError::EmptyImage {
+                    width: 0,
+                    height: 5
+                }
+            ),
+            "{err}"
+        );
+        let err = pre
+            .run_bytes(b"GIF89a....", &DecodeLimits::default(), &mut out)
+            .unwrap_err();
+        assert!(
+            matches!(err, PreprocessError::UnknownFormat { .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn run_bytes_equals_decode_then_run() {
+        let jpeg = synthetic_jpeg(120, 80, 90).unwrap();
+        let mut pre = Preprocessor::new(&spec(24, 24, Layout::Nhwc), ResizeMode::Stretch);
+        let (mut direct, mut staged) = (Vec::new(), Vec::new());
+        pre.run_bytes(&jpeg, &DecodeLimits::default(), &mut direct)
+            .unwrap();
+        let image = decode_image(&jpeg, &DecodeLimits::default()).unwrap();
+        pre.run(&image, &mut staged).unwrap();
+        assert_eq!(direct, staged);
     }
 }
