@@ -68,7 +68,7 @@ pub struct Layer {
 
 /// A trained classifier over one backbone's embeddings.
 ///
-/// Computes `softmax(layers(z))` on the standardized embedding `z = (x - mean) * scale`, with ReLU
+/// Computes `softmax(layers(z))` on the normalized embedding `z = (x - mean) * scale`, with ReLU
 /// between layers (one layer = linear head, two = MLP).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Head {
@@ -147,7 +147,7 @@ impl Head {
     }
 
     /// Class probabilities for one embedding. Allocates only the output (and, for the MLP, the
-    /// hidden activations): the standardization is folded into the first layer's loop.
+    /// hidden activations): the normalization is folded into the first layer's loop.
     pub fn predict(&self, embedding: &[f32]) -> Result<Vec<f32>, HeadError> {
         if embedding.len() != self.dim() {
             return Err(HeadError::DimMismatch {

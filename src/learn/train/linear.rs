@@ -7,17 +7,21 @@
 //! sgemm. Full batches also make the result a deterministic function of the data.
 
 use super::{
-    loss_and_accuracy, softmax_rows, Fit, Standardized, StopReason, TrainConfig, TrainProgress,
+    loss_and_accuracy, softmax_rows, Fit, Normalized, StopReason, TrainConfig, TrainProgress,
 };
 use crate::learn::head::{gemm, Layer};
 
 /// L-BFGS memory (pairs of steps / gradient changes kept).
 const MEMORY: usize = 10;
-/// Converged when the largest gradient component is below this (the loss is a mean, so the
-/// gradient is O(1) at the start whatever the number of samples).
-const GRADIENT_TOLERANCE: f32 = 1e-5;
-/// ... or when the objective improves by less than this, relatively, for a few iterations in a row.
-const RELATIVE_IMPROVEMENT: f64 = 1e-10;
+/// Converged when the largest gradient component is below this. The loss is a mean over samples
+/// of unit-scale features, so this means the same for any dataset size. Measured on the shared
+/// datasets over 20 split seeds: 1e-4 loses ~0.4 points of validation accuracy on sign_digits,
+/// 5e-5 matches 1e-5 while needing ~25% fewer iterations (and below ~1e-5 progress drowns in f32
+/// round-off, so line searches only burn evaluations).
+const GRADIENT_TOLERANCE: f32 = 5e-5;
+/// ... or when the objective improves by less than this, relatively, for a few iterations in a
+/// row (the f32 round-off floor of the loss; a safety net for the gradient test).
+const RELATIVE_IMPROVEMENT: f64 = 1e-9;
 const STALL_ITERATIONS: usize = 3;
 /// Armijo sufficient-decrease constant and the most step halvings tried per iteration.
 const ARMIJO: f64 = 1e-4;
@@ -89,7 +93,7 @@ fn dot(a: &[f32], b: &[f32]) -> f64 {
 
 /// Validation-loss watcher for early stopping: remembers the best parameters.
 struct Guard<'a> {
-    val: &'a Standardized,
+    val: &'a Normalized,
     k: usize,
     patience: usize,
     best_loss: f64,
@@ -121,8 +125,8 @@ impl Guard<'_> {
 }
 
 pub(super) fn fit(
-    train: &Standardized,
-    val: &Standardized,
+    train: &Normalized,
+    val: &Normalized,
     weights: &[f32],
     k: usize,
     l2: f32,
@@ -143,7 +147,7 @@ pub(super) fn fit(
     let mut guard = (val.len() > 0).then(|| Guard {
         val,
         k,
-        patience: cfg.patience,
+        patience: cfg.effective_patience(),
         best_loss: f64::INFINITY,
         best_theta: Vec::new(),
         since_best: 0,

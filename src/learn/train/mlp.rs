@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::{
-    loss_and_accuracy, softmax_rows, Fit, Standardized, StopReason, TrainConfig, TrainProgress,
+    loss_and_accuracy, softmax_rows, Fit, Normalized, StopReason, TrainConfig, TrainProgress,
 };
 use crate::learn::head::{gemm, Layer};
 
@@ -149,8 +149,8 @@ impl Net {
 
 #[allow(clippy::too_many_arguments)] // the trainer's plain inputs; a struct would only rename them
 pub(super) fn fit(
-    train: &Standardized,
-    val: &Standardized,
+    train: &Normalized,
+    val: &Normalized,
     weights: &[f32],
     k: usize,
     hidden: usize,
@@ -240,7 +240,7 @@ pub(super) fn fit(
             loss: epoch_loss as f32,
             val_accuracy,
         });
-        if cfg.patience > 0 && since_best >= cfg.patience {
+        if cfg.effective_patience() > 0 && since_best >= cfg.effective_patience() {
             stop_reason = if val.len() > 0 {
                 StopReason::EarlyStopped
             } else {

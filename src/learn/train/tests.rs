@@ -251,12 +251,22 @@ fn early_stopping_guard_restores_the_best_parameters() {
     let (x, y, classes) = blobs(&[20, 20], 64, 0.15, 8);
     let cfg = TrainConfig {
         l2: Some(0.0),
-        patience: 5,
+        patience: Some(5),
         ..TrainConfig::default()
     };
     let head = run(&x, &y, &classes, 64, &cfg).unwrap();
     assert_eq!(head.report().stop_reason, StopReason::EarlyStopped);
-    let unguarded = run(&x, &y, &classes, 64, &TrainConfig { patience: 0, ..cfg }).unwrap();
+    let unguarded = run(
+        &x,
+        &y,
+        &classes,
+        64,
+        &TrainConfig {
+            patience: Some(0),
+            ..cfg
+        },
+    )
+    .unwrap();
     let val_loss = |h: &Head| {
         h.report()
             .validation
