@@ -133,11 +133,11 @@ impl Evaluation {
             self.loss
         );
         let _ = writeln!(out, "{:<w$}  precision  recall  support", "class");
-        for c in 0..k {
+        for (c, name) in names.iter().enumerate() {
             let _ = writeln!(
                 out,
-                "{:<w$}  {:>9.3}  {:>6.3}  {:>7}",
-                names[c], self.precision[c], self.recall[c], self.support[c]
+                "{name:<w$}  {:>9.3}  {:>6.3}  {:>7}",
+                self.precision[c], self.recall[c], self.support[c]
             );
         }
         let cw = self
@@ -224,8 +224,8 @@ mod tests {
         let text = example().render_table(&classes);
         assert!(text.contains("accuracy 0.6667 on 6 samples"), "{text}");
         assert!(text.contains("scissors"), "{text}");
-        let paper_row = text.lines().last().unwrap_or_default();
-        assert!(paper_row.starts_with("scissors"), "{text}");
-        assert!(paper_row.ends_with("1         0         1"), "{text}");
+        let last_row = text.lines().last().unwrap_or_default();
+        assert!(last_row.starts_with("scissors"), "{text}");
+        assert!(last_row.ends_with("1         0         1"), "{text}");
     }
 }
