@@ -151,8 +151,14 @@ else
     unplug_ok=0
 fi
 if [ "$unplug_ok" = 1 ]; then
+    # vivid's disconnect control fails the running stream with ENODEV and unregisters the device
+    # until its last file handle is closed, when it re-registers itself. Holding a handle (fd 3)
+    # keeps it unplugged while glimpse notices and retries; removing the node makes glimpse's
+    # reopen fail with ENOENT, as when a USB camera's node vanishes.
+    exec 3</dev/video0
     if out=$(v4l2-ctl -d /dev/video0 -c "$DISCONNECT_CONTROL=1" 2>&1); then
-        step "unplug:disconnect" ok "v4l2-ctl -c $DISCONNECT_CONTROL=1"
+        rm -f /dev/video0
+        step "unplug:disconnect" ok "v4l2-ctl -c $DISCONNECT_CONTROL=1, /dev/video0 removed"
     else
         step "unplug:disconnect" fail "$out"
         unplug_ok=0
@@ -167,8 +173,20 @@ if [ "$unplug_ok" = 1 ]; then
     fi
 fi
 if [ "$unplug_ok" = 1 ]; then
-    # rmmod succeeds only once every fd on the device is closed, i.e. glimpse let go of it.
-    secs=60
+    # The camera stays away for a while: glimpse must keep running (and retrying) meanwhile.
+    sleep "$ABSENT_SECONDS"
+    if kill -0 "$pid" 2>/dev/null; then
+        step "unplug:still-running" ok "after ${ABSENT_SECONDS} s without a camera"
+    else
+        step "unplug:still-running" fail "glimpse exited while the camera was away"
+        unplug_ok=0
+    fi
+fi
+exec 3<&-
+if [ "$unplug_ok" = 1 ]; then
+    # Replug: unload and reload the driver, so the device node comes back fresh. rmmod succeeds
+    # only once every handle on the device is closed, i.e. glimpse let go of the lost camera.
+    secs=30
     while ! rmmod vivid 2>/dev/null; do
         secs=$((secs - 1))
         if [ "$secs" -le 0 ]; then break; fi
@@ -183,7 +201,7 @@ if [ "$unplug_ok" = 1 ]; then
             unplug_ok=0
         fi
     else
-        step "unplug:rmmod" fail "vivid still in use after 60 s: glimpse kept the device open"
+        step "unplug:rmmod" fail "vivid still in use after 30 s: glimpse kept the lost camera open"
         unplug_ok=0
     fi
 fi

@@ -20,6 +20,7 @@
 #   GLIMPSE_VM_KERNEL   kernel package to use          (default: what linux-image-amd64 depends on)
 #   GLIMPSE_VM_FRAMES   frames of the YUYV run         (default: 5)
 #   GLIMPSE_VM_SMP      virtual CPUs                   (default: 2)
+#   GLIMPSE_VM_INIT     another /init, for experiments (default: tests/vm/init.sh)
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -115,12 +116,14 @@ kernel=$(ls "$kdir"/boot/vmlinuz-* 2>/dev/null | head -n 1)
 [ -n "$kernel" ] || die "$kernel_pkg holds no /boot/vmlinuz-*"
 
 # --- initramfs --------------------------------------------------------------------------------
-root="$cache/root"
-rm -rf "$root"
+# Per-run scratch (initramfs tree and image), so two runs at once do not trample each other.
+work=$(mktemp -d "$cache/run.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+root="$work/root"
 mkdir -p "$root"/{bin,usr/bin,modules,etc,proc,sys,dev,tmp,glimpse/models,shared/models}
 
 cp "$cache/extract/busybox-static/bin/busybox" "$root/bin/busybox"
-cp "$here/init.sh" "$root/init"
+cp "${GLIMPSE_VM_INIT:-$here/init.sh}" "$root/init"
 chmod +x "$root/init"
 
 for m in "${modules[@]}"; do
@@ -180,9 +183,10 @@ FRAMES=${GLIMPSE_VM_FRAMES:-5}
 FALLBACK_FRAMES=3
 RECONNECT_FRAMES=3
 CAPTURE_TIMEOUT=120
+ABSENT_SECONDS=3
 EOF
 
-initrd="$cache/initramfs.cpio"
+initrd="$work/initramfs.cpio"
 (cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc --quiet >"$initrd") || die "cpio failed"
 say "initramfs $(du -h "$initrd" | cut -f1), kernel $(basename "$kernel"), booting (timeout ${timeout_s} s)"
 
