@@ -50,6 +50,8 @@ impl Console {
     fn parse(text: &str) -> Console {
         let mut c = Console::default();
         for line in text.lines().map(|l| l.trim_end_matches('\r')) {
+            // Firmware escape sequences can precede a marker on its line.
+            let line = line.find("GLIMPSE-VM-").map_or(line, |at| &line[at..]);
             if let Some(rest) = line.strip_prefix("GLIMPSE-VM-STEP ") {
                 let mut parts = rest.splitn(3, ' ');
                 let name = parts.next().unwrap_or("").to_string();
@@ -145,7 +147,7 @@ fn summary(values: &[Value]) -> Option<&Value> {
 /// Every expectation the console does not meet, as one line each (empty: all met).
 fn problems(c: &Console) -> Vec<String> {
     let mut p = Vec::new();
-    let mut need_step = |p: &mut Vec<String>, name: &str| match c.step(name) {
+    let need_step = |p: &mut Vec<String>, name: &str| match c.step(name) {
         Some((true, _)) => {}
         Some((false, detail)) => p.push(format!("step {name} failed: {detail}")),
         None => p.push(format!("step {name} never reported")),
@@ -294,7 +296,7 @@ fn glimpse_captures_classifies_and_survives_unplug_on_vivid_in_a_vm() {
 
 /// A console transcript of a run where everything worked, to check the checker.
 fn good_console() -> String {
-    let mut s = String::from("SeaBIOS\r\nGLIMPSE-VM-STEP boot ok kernel 6.1\n");
+    let mut s = String::from("SeaBIOS\r\n\x1bc\x1b[2JGLIMPSE-VM-STEP boot ok kernel 6.1\r\n");
     for m in MODULES {
         s += &format!("GLIMPSE-VM-STEP module:{m} ok\n");
     }

@@ -43,12 +43,14 @@ prefixed() {
     [ -f "$2" ] && sed "s/^/$1 /" "$2"
 }
 
-# Waits until the file holds at least $3 lines matching $2, for at most $4 seconds.
+# Waits until the file holds at least $3 lines matching $2, for at most $4 seconds, and only as
+# long as process $5 lives.
 wait_for_lines() {
-    file=$1 pattern=$2 count=$3 secs=$4
+    file=$1 pattern=$2 count=$3 secs=$4 watched=$5
     while [ "$secs" -gt 0 ]; do
         n=$(grep -c "$pattern" "$file" 2>/dev/null)
         [ "${n:-0}" -ge "$count" ] && return 0
+        kill -0 "$watched" 2>/dev/null || return 1
         sleep 1
         secs=$((secs - 1))
     done
@@ -69,6 +71,8 @@ wait_for_device() {
     return 1
 }
 
+# The firmware leaves terminal escapes on the console's current line: start a fresh one.
+echo
 step boot ok "kernel $(uname -r), $(nproc) cpu(s), $(awk '/MemTotal/ {print $2 " kB"}' /proc/meminfo)"
 
 # The package has no modules.dep, so the order is explicit (dependencies first).
@@ -144,10 +148,10 @@ $GLIMPSE --format auto --until-frames-after-reconnect "$RECONNECT_FRAMES" \
     >/tmp/unplug.out 2>/tmp/unplug.err &
 pid=$!
 unplug_ok=1
-if wait_for_lines /tmp/unplug.out '"frame_id"' 2 "$CAPTURE_TIMEOUT"; then
+if wait_for_lines /tmp/unplug.out '"frame_id"' 2 "$CAPTURE_TIMEOUT" "$pid"; then
     step "unplug:streaming" ok
 else
-    step "unplug:streaming" fail "no 2 frames before the unplug"
+    step "unplug:streaming" fail "glimpse printed no 2 frames (or exited) before the unplug"
     unplug_ok=0
 fi
 if [ "$unplug_ok" = 1 ]; then
@@ -165,10 +169,10 @@ if [ "$unplug_ok" = 1 ]; then
     fi
 fi
 if [ "$unplug_ok" = 1 ]; then
-    if wait_for_lines /tmp/unplug.out '"camera_lost"' 1 60; then
+    if wait_for_lines /tmp/unplug.out '"camera_lost"' 1 60 "$pid"; then
         step "unplug:lost-reported" ok
     else
-        step "unplug:lost-reported" fail "glimpse printed no camera_lost within 60 s"
+        step "unplug:lost-reported" fail "glimpse printed no camera_lost within 60 s (or exited)"
         unplug_ok=0
     fi
 fi
