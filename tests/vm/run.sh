@@ -131,8 +131,8 @@ for m in "${modules[@]}"; do
     [ -n "$ko" ] || die "module $m is not in $kernel_pkg"
     # busybox insmod cannot read compressed modules: decompress here.
     case "$ko" in
-    *.xz) xz -dc "$ko" >"$root/modules/$m.ko" ;;
-    *.zst) zstd -dcq "$ko" >"$root/modules/$m.ko" ;;
+    *.xz) xz -dc "$ko" >"$root/modules/$m.ko" || die "cannot decompress $ko (xz)" ;;
+    *.zst) zstd -dcq "$ko" >"$root/modules/$m.ko" || die "cannot decompress $ko (zstd)" ;;
     *) cp "$ko" "$root/modules/$m.ko" ;;
     esac
 done
