@@ -16,11 +16,13 @@
 #
 # Environment (all optional):
 #   GLIMPSE_VM_CACHE    download/extract cache         (default: <repo>/target/vm-cache)
-#   GLIMPSE_VM_TIMEOUT  seconds before qemu is killed  (default: 280)
+#   GLIMPSE_VM_TIMEOUT  seconds before qemu is killed  (default: 290)
 #   GLIMPSE_VM_KERNEL   kernel package to use          (default: what linux-image-amd64 depends on)
 #   GLIMPSE_VM_FRAMES   frames of the YUYV run         (default: 5)
 #   GLIMPSE_VM_SMP      virtual CPUs                   (default: 2)
+#   GLIMPSE_VM_CPU      qemu CPU model                 (default: Nehalem, see below)
 #   GLIMPSE_VM_INIT     another /init, for experiments (default: tests/vm/init.sh)
+#   GLIMPSE_VM_EXTRA    space-separated host files copied to /extra/ in the VM, for experiments
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -28,8 +30,11 @@ here="$repo/tests/vm"
 shared="$repo/../shared"
 glimpse_bin=${1:-$repo/target/debug/glimpse}
 cache=${GLIMPSE_VM_CACHE:-$repo/target/vm-cache}
-timeout_s=${GLIMPSE_VM_TIMEOUT:-280}
+timeout_s=${GLIMPSE_VM_TIMEOUT:-290}
 smp=${GLIMPSE_VM_SMP:-2}
+# A CPU model without AVX/FMA: qemu 7.2's TCG emulates those so slowly that one MobileNetV2
+# inference took 75 s with `-cpu max` (tract picks its FMA kernels) against 5 s here (SSE kernels).
+cpu=${GLIMPSE_VM_CPU:-Nehalem}
 model_onnx="$shared/models/mobilenet_v2_1.0_224.onnx"
 model_manifest="$repo/models/mobilenet_v2_1.0_224.toml"
 
@@ -173,6 +178,11 @@ cp "$repo/models/imagenet_labels.txt" "$root/glimpse/models/"
 sed -e 's#"\(\.\./\)*shared/#"/shared/#g' -e 's#"imagenet_labels.txt"#"/glimpse/models/imagenet_labels.txt"#' \
     "$model_manifest" >"$root/glimpse/models/$(basename "$model_manifest")"
 
+for f in ${GLIMPSE_VM_EXTRA:-}; do
+    mkdir -p "$root/extra"
+    cp "$f" "$root/extra/" || die "cannot copy GLIMPSE_VM_EXTRA file $f"
+done
+
 cat >"$root/etc/glimpse-vm.env" <<EOF
 MODULE_ORDER="${modules[*]}"
 # One device instance with only a video capture node and one webcam input: camera:0 is vivid.
@@ -195,7 +205,7 @@ say "initramfs $(du -h "$initrd" | cut -f1), kernel $(basename "$kernel"), booti
 log="$cache/console.log"
 set +e
 timeout --kill-after=10 "$timeout_s" qemu-system-x86_64 \
-    -accel tcg -cpu max -smp "$smp" -m 1024 -nographic -no-reboot -nic none \
+    -accel tcg -cpu "$cpu" -smp "$smp" -m 1024 -nographic -no-reboot -nic none \
     -kernel "$kernel" -initrd "$initrd" \
     -append "console=ttyS0 panic=-1 loglevel=4 rdinit=/init" \
     </dev/null 2>&1 | tr -d '\r' | tee "$log"
