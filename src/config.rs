@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::mqtt::config::MqttConfig;
-use crate::mqtt::policy::PolicyConfig;
 use crate::source::SourceConfig;
 use crate::vision::spec::ResizeMode;
 
@@ -35,6 +34,8 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+    #[error("config {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
     #[error("environment variable {var}: {message}")]
     Env { var: String, message: String },
 }
@@ -75,15 +76,12 @@ pub struct PipelineConfig {
     /// Skip a frame whose mean absolute difference from the last processed frame (on a 32x32
     /// grey thumbnail, 0..255) is below this; 0 disables skipping.
     pub skip_unchanged_below: f32,
-    /// Seconds between stats messages.
-    pub stats_interval_s: f32,
 }
 
 impl Default for PipelineConfig {
     fn default() -> Self {
         Self {
             skip_unchanged_below: 0.0,
-            stats_interval_s: 10.0,
         }
     }
 }
@@ -113,8 +111,8 @@ pub struct Config {
     pub state_dir: Option<PathBuf>,
     pub model: ModelConfig,
     pub source: SourceConfig,
+    /// The broker link, topics, publish policy (`[mqtt.publish]`) and Home Assistant discovery.
     pub mqtt: MqttConfig,
-    pub publish: PolicyConfig,
     pub pipeline: PipelineConfig,
     pub log: LogConfig,
 }
@@ -127,7 +125,12 @@ impl Config {
         }
         if let Some(dir) = std::env::var_os("STATE_DIRECTORY").filter(|v| !v.is_empty()) {
             // systemd may pass several colon-separated directories; the first is ours.
-            let first = dir.to_string_lossy().split(':').next().unwrap_or("").to_string();
+            let first = dir
+                .to_string_lossy()
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .to_string();
             return PathBuf::from(first);
         }
         if let Some(home) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
@@ -178,28 +181,27 @@ pub fn parse(
     text: &str,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Config, ConfigError> {
-    let mut table: toml::Table = text.parse().map_err(|err: toml::de::Error| {
-        ConfigError::Syntax {
-            path: file.to_path_buf(),
-            message: one_line(&err.to_string()),
-        }
-    })?;
+    let mut table: toml::Table =
+        text.parse()
+            .map_err(|err: toml::de::Error| ConfigError::Syntax {
+                path: file.to_path_buf(),
+                message: one_line(&err.to_string()),
+            })?;
     apply_env_overrides(&mut table, env)?;
-    let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(
-        |err| {
+    let config: Config =
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|err| {
             let key = err.path().to_string();
             ConfigError::Key {
                 path: file.to_path_buf(),
-                key: if key == "." { "(top level)".into() } else { key },
+                key: if key == "." {
+                    "(top level)".into()
+                } else {
+                    key
+                },
                 message: one_line(&err.into_inner().to_string()),
             }
-        },
-    )?;
-    validate(&config).map_err(|(key, message)| ConfigError::Key {
-        path: file.to_path_buf(),
-        key,
-        message,
-    })?;
+        })?;
+    validate(file, &config)?;
     Ok(config)
 }
 
@@ -260,30 +262,36 @@ fn parse_env_value(raw: &str) -> toml::Value {
         .unwrap_or_else(|| toml::Value::String(raw.to_string()))
 }
 
-/// Checks that need more than types: returns the offending dotted key and why.
-fn validate(config: &Config) -> Result<(), (String, String)> {
+/// Checks that need more than types; each component validates its own section and its error
+/// names the dotted key.
+fn validate(file: &Path, config: &Config) -> Result<(), ConfigError> {
+    let key = |key: &str, message: &str| ConfigError::Key {
+        path: file.to_path_buf(),
+        key: key.into(),
+        message: message.into(),
+    };
     if config.model.top_k == 0 {
-        return Err(("model.top_k".into(), "must be at least 1".into()));
-    }
-    if !(config.pipeline.stats_interval_s > 0.0) {
-        return Err((
-            "pipeline.stats_interval_s".into(),
-            "must be greater than 0".into(),
-        ));
+        return Err(key("model.top_k", "must be at least 1"));
     }
     if !(config.pipeline.skip_unchanged_below >= 0.0) {
-        return Err((
-            "pipeline.skip_unchanged_below".into(),
-            "must be 0 (off) or positive".into(),
+        return Err(key(
+            "pipeline.skip_unchanged_below",
+            "must be 0 (off) or positive",
         ));
     }
+    let invalid = |message: String| ConfigError::Invalid {
+        path: file.to_path_buf(),
+        message,
+    };
     config
         .source
         .validate()
-        .map_err(|e| ("source".to_string() + &e.key_suffix(), e.to_string()))?;
+        .map_err(|e| invalid(e.to_string()))?;
     config
-        .mqtt
-        .validate()
-        .map_err(|e| ("mqtt".to_string() + &e.key_suffix(), e.to_string()))?;
+        .source
+        .uri
+        .parse::<crate::source::SourceUri>()
+        .map_err(|e| invalid(format!("source.uri: {e}")))?;
+    config.mqtt.validate().map_err(|e| invalid(e.to_string()))?;
     Ok(())
 }

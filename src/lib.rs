@@ -5,6 +5,11 @@
 //! source -> vision (preprocess, backbone) -> learn (head) -> mqtt (publish).
 
 pub mod cli; // subcommand implementations behind `src/main.rs`
+pub mod config; // the daemon configuration tree: TOML + GLIMPSE_* overrides, validation
+pub mod daemon; // glimpse run: pipeline threads, MQTT publishing, stats, watchdog, shutdown
 pub mod learn; // the trainable head: dataset scan, embedding cache, training, metrics, head file
+pub mod mqtt; // topics, payloads, publish policy, the rumqttc link
 pub mod procstat; // resident memory of this process (stats topic, bench)
+pub mod source; // frame sources: camera (nokhwa V4L2), exec (MJPEG from a child's stdout), dir/file replay
+pub mod systemd; // sd_notify, watchdog gating, journald detection
 pub mod vision; // model manifests, model fetch, image decode + preprocess, the tract backbone

@@ -12,7 +12,11 @@ use glimpse::cli;
 use glimpse::cli::common::ConfigError;
 
 #[derive(Parser, Debug)]
-#[command(name = "glimpse", version, about = "Eyes for Jetson boards that can be taught in the field")]
+#[command(
+    name = "glimpse",
+    version,
+    about = "Eyes for Jetson boards that can be taught in the field"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -28,16 +32,37 @@ enum Command {
     Bench(cli::bench::BenchArgs),
     /// Download and verify the model a manifest names.
     FetchModel(cli::fetch::FetchArgs),
+    /// The daemon: watch a camera and publish predictions over MQTT.
+    Run(cli::run::RunArgs),
+    /// Validate the configuration (file + GLIMPSE_* variables) and print the effective settings.
+    CheckConfig(cli::run::RunArgs),
+    /// Frames from a source (camera, exec, dir), classified, as JSON lines; no MQTT.
+    Capture(cli::capture::CaptureArgs),
+    /// Print what devices publish (predictions, state, stats, availability).
+    Watch(cli::watch::WatchArgs),
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    // The daemon sets up its own logging (journald or stderr, level from its config); the
+    // offline commands only say what went wrong unless RUST_LOG asks for more.
+    if !matches!(cli.command, Command::Run(_)) {
+        let default = if matches!(cli.command, Command::Capture(_)) {
+            "info"
+        } else {
+            "warn"
+        };
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default)).init();
+    }
     let outcome = match &cli.command {
         Command::Classify(args) => cli::classify::run(args),
         Command::Train(args) => cli::train::run(args).map(|()| true),
         Command::Bench(args) => cli::bench::run(args).map(|()| true),
         Command::FetchModel(args) => cli::fetch::run(args).map(|()| true),
+        Command::Run(args) => cli::run::run(args).map(|()| true),
+        Command::CheckConfig(args) => cli::run::check(args).map(|()| true),
+        Command::Capture(args) => cli::capture::run(args).map(|()| true),
+        Command::Watch(args) => cli::watch::watch(args).map(|()| true),
     };
     match outcome {
         Ok(true) => ExitCode::SUCCESS,

@@ -61,7 +61,10 @@ fn bad_images_each_get_a_clear_error_and_the_good_one_still_runs() {
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("empty.jpg", Vec::new()),
         ("truncated.jpg", jpeg[..jpeg.len() / 3].to_vec()),
-        ("text.jpg", b"this is not an image, just text renamed\n".repeat(10)),
+        (
+            "text.jpg",
+            b"this is not an image, just text renamed\n".repeat(10),
+        ),
         ("bomb.png", png_header_only(30000, 30000)),
     ];
     let mut args = vec!["classify".to_string(), "--json".to_string()];
@@ -70,7 +73,11 @@ fn bad_images_each_get_a_clear_error_and_the_good_one_still_runs() {
         std::fs::write(&path, bytes).unwrap();
         args.push(path.display().to_string());
     }
-    args.push(repo("../shared/testdata/imagenet/owl.jpg").display().to_string());
+    args.push(
+        repo("../shared/testdata/imagenet/owl.jpg")
+            .display()
+            .to_string(),
+    );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = glimpse(&args);
     assert_no_panic(&out);
@@ -85,13 +92,25 @@ fn bad_images_each_get_a_clear_error_and_the_good_one_still_runs() {
         let error = line["error"]
             .as_str()
             .unwrap_or_else(|| panic!("{name}: expected an error, got {line}"));
-        assert!(error.contains(name), "{name}: error should name the file: {error}");
-        assert!(!error.contains('\n'), "{name}: error should be one line: {error}");
+        assert!(
+            error.contains(name),
+            "{name}: error should name the file: {error}"
+        );
+        assert!(
+            !error.contains('\n'),
+            "{name}: error should be one line: {error}"
+        );
     }
     assert!(lines[1]["error"].as_str().unwrap().len() > 20);
     let bomb = lines[3]["error"].as_str().unwrap();
-    assert!(bomb.contains("30000"), "bomb error should give the size: {bomb}");
-    assert!(lines[4]["top_k"].is_array(), "the good image is still classified");
+    assert!(
+        bomb.contains("30000"),
+        "bomb error should give the size: {bomb}"
+    );
+    assert!(
+        lines[4]["top_k"].is_array(),
+        "the good image is still classified"
+    );
 }
 
 #[test]
@@ -99,7 +118,11 @@ fn missing_image_file_is_an_error() {
     let out = glimpse(&["classify", "/nonexistent/cat.jpg"]);
     assert_no_panic(&out);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("/nonexistent/cat.jpg"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/nonexistent/cat.jpg"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// Writes a copy of the shipped float model manifest with `edit` applied and absolute paths.
@@ -107,7 +130,10 @@ fn edited_manifest(dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
     let text = std::fs::read_to_string(repo("models/mobilenet_v2_1.0_224.toml")).unwrap();
     let models = repo("models").canonicalize().unwrap();
     let text = text
-        .replace("\"../../shared/", &format!("\"{}/../../shared/", models.display()))
+        .replace(
+            "\"../../shared/",
+            &format!("\"{}/../../shared/", models.display()),
+        )
         .replace(
             "\"imagenet_labels.txt\"",
             &format!("\"{}/imagenet_labels.txt\"", models.display()),
@@ -139,7 +165,9 @@ fn edited_manifest_without_changes_works() {
 #[test]
 fn unknown_tensor_name_is_a_config_error() {
     let dir = tempfile::tempdir().unwrap();
-    let manifest = edited_manifest(dir.path(), |t| t.replace("\"features\"", "\"no_such_tensor\""));
+    let manifest = edited_manifest(dir.path(), |t| {
+        t.replace("\"features\"", "\"no_such_tensor\"")
+    });
     let out = classify_with_manifest(&manifest);
     assert_no_panic(&out);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
@@ -171,7 +199,11 @@ fn missing_model_file_and_missing_manifest_are_config_errors() {
     let out = classify_with_manifest(&manifest);
     assert_no_panic(&out);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("missing_model.onnx"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("missing_model.onnx"),
+        "{}",
+        stderr(&out)
+    );
 
     let out = classify_with_manifest(&dir.path().join("nope.toml"));
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn shared(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared")
+        .join(rel)
 }
 
 struct Reference {
@@ -20,14 +22,21 @@ fn load_expected() -> HashMap<String, Reference> {
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let mut out = HashMap::new();
-    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
         let mut cols = line.split('\t');
         let file = cols.next().unwrap().to_string();
         let top5 = cols
             .map(|c| {
                 let (index, rest) = c.split_once(':').unwrap();
                 let (label, prob) = rest.rsplit_once(':').unwrap();
-                (index.parse().unwrap(), label.to_string(), prob.parse().unwrap())
+                (
+                    index.parse().unwrap(),
+                    label.to_string(),
+                    prob.parse().unwrap(),
+                )
             })
             .collect();
         out.insert(file, Reference { top5 });
@@ -39,7 +48,16 @@ fn load_expected() -> HashMap<String, Reference> {
 /// Runs `glimpse classify --json` and returns file name -> [(index, label, score)].
 fn classify(model: &str, files: &[PathBuf]) -> HashMap<String, Vec<(usize, String, f32)>> {
     let output = Command::new(env!("CARGO_BIN_EXE_glimpse"))
-        .args(["classify", "--json", "--threads", "2", "-k", "5", "--model", model])
+        .args([
+            "classify",
+            "--json",
+            "--threads",
+            "2",
+            "-k",
+            "5",
+            "--model",
+            model,
+        ])
         .args(files)
         .output()
         .expect("run glimpse");
@@ -106,7 +124,10 @@ fn float_model_matches_reference_top_classes() {
             );
         }
         // Probabilities are softmax outputs: they must be in (0, 1] and sorted.
-        assert!(ours.windows(2).all(|w| w[0].2 >= w[1].2), "{file}: unsorted");
+        assert!(
+            ours.windows(2).all(|w| w[0].2 >= w[1].2),
+            "{file}: unsorted"
+        );
         assert!(ours[0].2 > 0.0 && ours[0].2 <= 1.0);
     }
 }
@@ -128,6 +149,9 @@ fn zoo_style_model_gives_same_classes_shifted_by_one() {
             let ref_top3: Vec<usize> = reference.top5[..3].iter().map(|r| r.0).collect();
             assert!(ref_top3.contains(&(top1.0 + 1)), "{file}: {top1:?}");
         }
-        assert_eq!(top1.1, float[file][0].1, "{file}: both models agree on the name");
+        assert_eq!(
+            top1.1, float[file][0].1,
+            "{file}: both models agree on the name"
+        );
     }
 }

@@ -41,7 +41,10 @@ fn tarball(model: &[u8], member: &str) -> Vec<u8> {
         header.set_cksum();
         tar.append_data(&mut header, name, data).unwrap();
     };
-    add("mobilenetv2-12/test_data_set_0/input_0.pb", b"not a real tensor");
+    add(
+        "mobilenetv2-12/test_data_set_0/input_0.pb",
+        b"not a real tensor",
+    );
     add(member, model);
     tar.into_inner().unwrap().finish().unwrap()
 }
@@ -77,7 +80,11 @@ impl Server {
                         Ok(_) => {}
                     }
                 }
-                let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let path = request_line
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or("/")
+                    .to_string();
                 let (status, body): (&str, &[u8]) = match files.get(&path) {
                     Some(body) => ("200 OK", body),
                     None => ("404 Not Found", b"no such file\n"),
@@ -146,7 +153,10 @@ fn entries(dir: &Path) -> Vec<String> {
 fn fetch_verifies_extracts_and_skips_the_second_time() {
     let model = std::fs::read(zoo_style_model()).unwrap();
     let archive = tarball(&model, MEMBER);
-    let server = Server::start(HashMap::from([("/m/mobilenetv2-12.tar.gz".into(), archive.clone())]));
+    let server = Server::start(HashMap::from([(
+        "/m/mobilenetv2-12.tar.gz".into(),
+        archive.clone(),
+    )]));
     let manifests = tempfile::tempdir().unwrap();
     let dest = tempfile::tempdir().unwrap();
     let m = manifest(
@@ -168,8 +178,8 @@ fn fetch_verifies_extracts_and_skips_the_second_time() {
 
     // The extracted model loads, from the folder it was fetched into.
     let relocated = m.clone().with_model_dir(dest.path());
-    let backbone = Backbone::load(&relocated, &BackboneOptions::default())
-        .unwrap_or_else(|e| panic!("{e}"));
+    let backbone =
+        Backbone::load(&relocated, &BackboneOptions::default()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(backbone.embedding_dim(), 1280);
     assert_eq!(backbone.fingerprint().model_sha256, sha256_hex(&model));
 
@@ -191,7 +201,12 @@ fn fetch_defaults_to_the_model_path_folder() {
     let archive = tarball(&model, MEMBER);
     let server = Server::start(HashMap::from([("/a.tgz".into(), archive.clone())]));
     let dir = tempfile::tempdir().unwrap();
-    let m = manifest(dir.path(), &server.url("/a.tgz"), &sha256_hex(&archive), MEMBER);
+    let m = manifest(
+        dir.path(),
+        &server.url("/a.tgz"),
+        &sha256_hex(&archive),
+        MEMBER,
+    );
     let fetched = fetch_model(&m, None, false).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(fetched, m.model_path());
     assert_eq!(std::fs::read(&fetched).unwrap(), model);
@@ -210,7 +225,12 @@ fn corrupted_download_is_a_checksum_error_and_leaves_nothing() {
     let manifests = tempfile::tempdir().unwrap();
     let dest = tempfile::tempdir().unwrap();
     let expected = sha256_hex(&archive);
-    let m = manifest(manifests.path(), &server.url("/m.tar.gz"), &expected, MEMBER);
+    let m = manifest(
+        manifests.path(),
+        &server.url("/m.tar.gz"),
+        &expected,
+        MEMBER,
+    );
 
     let err = fetch_model(&m, Some(dest.path()), false).unwrap_err();
     assert!(matches!(err, FetchError::Checksum { .. }), "{err:?}");
@@ -218,7 +238,11 @@ fn corrupted_download_is_a_checksum_error_and_leaves_nothing() {
     assert!(msg.contains(&expected), "{msg}");
     assert!(msg.contains(&sha256_hex(&corrupted)), "{msg}");
     assert!(!msg.contains('\n'));
-    assert!(entries(dest.path()).is_empty(), "left: {:?}", entries(dest.path()));
+    assert!(
+        entries(dest.path()).is_empty(),
+        "left: {:?}",
+        entries(dest.path())
+    );
 }
 
 #[test]
@@ -229,7 +253,10 @@ fn http_404_is_a_clear_error() {
     let url = server.url("/missing.tar.gz");
     let m = manifest(manifests.path(), &url, &"0".repeat(64), MEMBER);
     let err = fetch_model(&m, Some(dest.path()), false).unwrap_err();
-    assert!(matches!(err, FetchError::Http { status: 404, .. }), "{err:?}");
+    assert!(
+        matches!(err, FetchError::Http { status: 404, .. }),
+        "{err:?}"
+    );
     let msg = err.to_string();
     assert!(msg.contains("404") && msg.contains(&url), "{msg}");
     assert!(entries(dest.path()).is_empty());
@@ -241,11 +268,19 @@ fn missing_member_lists_what_the_archive_holds() {
     let server = Server::start(HashMap::from([("/m.tar.gz".into(), archive.clone())]));
     let manifests = tempfile::tempdir().unwrap();
     let dest = tempfile::tempdir().unwrap();
-    let m = manifest(manifests.path(), &server.url("/m.tar.gz"), &sha256_hex(&archive), MEMBER);
+    let m = manifest(
+        manifests.path(),
+        &server.url("/m.tar.gz"),
+        &sha256_hex(&archive),
+        MEMBER,
+    );
     let err = fetch_model(&m, Some(dest.path()), false).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, FetchError::MissingMember { .. }), "{msg}");
-    assert!(msg.contains(MEMBER) && msg.contains("other/model.onnx"), "{msg}");
+    assert!(
+        msg.contains(MEMBER) && msg.contains("other/model.onnx"),
+        "{msg}"
+    );
     assert!(entries(dest.path()).is_empty());
 }
 
@@ -253,5 +288,8 @@ fn missing_member_lists_what_the_archive_holds() {
 fn manifest_without_url_cannot_be_fetched() {
     let m = ModelManifest::load(&repo().join("models/mobilenet_v2_1.0_224.toml")).unwrap();
     let err = fetch_model(&m, None, false).unwrap_err().to_string();
-    assert!(err.contains("mobilenet_v2_1.0_224.toml") && err.contains("model.url"), "{err}");
+    assert!(
+        err.contains("mobilenet_v2_1.0_224.toml") && err.contains("model.url"),
+        "{err}"
+    );
 }

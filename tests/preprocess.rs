@@ -7,7 +7,9 @@ use glimpse::vision::preprocess::{decode_image, DecodeLimits, Preprocessor};
 use glimpse::vision::spec::{InputSpec, Layout, ResizeMode};
 
 fn testdata(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/testdata")
+        .join(rel)
 }
 
 fn read(rel: &str) -> Vec<u8> {
@@ -38,7 +40,11 @@ fn reference_tensor(name: &str) -> Vec<f32> {
 fn diff(a: &[f32], b: &[f32]) -> (f32, f32) {
     assert_eq!(a.len(), b.len());
     let sum: f32 = a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum();
-    let max = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+    let max = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max);
     (sum / a.len() as f32, max)
 }
 
@@ -46,8 +52,13 @@ fn diff(a: &[f32], b: &[f32]) -> (f32, f32) {
 fn matches_reference_tensors_within_filter_differences() {
     let mut pre = Preprocessor::new(&reference_spec(Layout::Nchw), ResizeMode::Stretch);
     let mut out = Vec::new();
-    for (name, file) in [("cat", "imagenet/cat.bmp"), ("parrot", "imagenet/parrot.jpg"), ("grace_hopper", "imagenet/grace_hopper.bmp")] {
-        pre.run_bytes(&read(file), &DecodeLimits::default(), &mut out).unwrap();
+    for (name, file) in [
+        ("cat", "imagenet/cat.bmp"),
+        ("parrot", "imagenet/parrot.jpg"),
+        ("grace_hopper", "imagenet/grace_hopper.bmp"),
+    ] {
+        pre.run_bytes(&read(file), &DecodeLimits::default(), &mut out)
+            .unwrap();
         let reference = reference_tensor(name);
         let (mean, max) = diff(&out, &reference);
         eprintln!("{name}: mean abs diff {mean:.4}, max {max:.4}");

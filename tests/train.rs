@@ -45,7 +45,9 @@ fn train(dataset: &str, work: &Path, cache: &Path, extra: &[&str]) -> (serde_jso
 }
 
 fn validation_accuracy(report: &serde_json::Value) -> f64 {
-    report["validation"]["accuracy"].as_f64().expect("validation accuracy")
+    report["validation"]["accuracy"]
+        .as_f64()
+        .expect("validation accuracy")
 }
 
 #[test]
@@ -61,7 +63,11 @@ fn rps_reaches_converged_accuracy_deterministically() {
     // Same seed, second run (from the embedding cache): byte-identical head.
     let first = std::fs::read(&head).unwrap();
     let (_, head2) = train("rps", work.path(), &cache, &[]);
-    assert_eq!(first, std::fs::read(&head2).unwrap(), "same seed, same head");
+    assert_eq!(
+        first,
+        std::fs::read(&head2).unwrap(),
+        "same seed, same head"
+    );
 
     // The head classifies held-out-like images with the right names.
     let rock = repo("../shared/datasets/rps/rock");
@@ -77,7 +83,11 @@ fn rps_reaches_converged_accuracy_deterministically() {
         head.to_str().unwrap(),
         rocks[0].to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(line["top_k"][0]["label"], "rock");
 
@@ -87,10 +97,18 @@ fn rps_reaches_converged_accuracy_deterministically() {
     corrupt[middle] ^= 0x01;
     let bad = work.path().join("corrupt.glh");
     std::fs::write(&bad, &corrupt).unwrap();
-    let out = glimpse(&["classify", "--head", bad.to_str().unwrap(), rocks[0].to_str().unwrap()]);
+    let out = glimpse(&[
+        "classify",
+        "--head",
+        bad.to_str().unwrap(),
+        rocks[0].to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("corrupt.glh") && err.contains("checksum"), "{err}");
+    assert!(
+        err.contains("corrupt.glh") && err.contains("checksum"),
+        "{err}"
+    );
 
     // A head trained for another backbone is refused.
     let out = glimpse(&[

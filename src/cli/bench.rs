@@ -161,14 +161,17 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             path.display().to_string(),
         ),
         None => (
-            synthetic_jpeg(640, 480, 85),
+            synthetic_jpeg(640, 480, 85)?,
             "synthetic 640x480 JPEG".to_string(),
         ),
     };
     let limits = DecodeLimits::default();
     let dim = backbone.embedding_dim();
     if !args.json {
-        eprintln!("training the benchmark head ({} x {dim})...", args.train_samples);
+        eprintln!(
+            "training the benchmark head ({} x {dim})...",
+            args.train_samples
+        );
     }
     let (train_result, _) = bench_training(args.train_samples, dim)?;
     // The head used for the head stage has the real backbone's fingerprint and dimension.
@@ -178,7 +181,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     for &threads in &args.thread_counts {
         set_threads(threads.max(1));
         let mut preprocessor = Preprocessor::new(backbone.input_spec(), args.model.resize_mode());
-        let mut embedder = Embedder::new(backbone.clone(), args.model.resize_mode(), limits.clone());
+        let mut embedder =
+            Embedder::new(backbone.clone(), args.model.resize_mode(), limits.clone());
         let mut input = Vec::new();
         let (mut decode, mut preprocess, mut infer, mut head_times, mut total) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -236,10 +240,20 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 fn print_table(report: &BenchReport) {
-    println!("model {}  image {}  runs {}", report.model, report.image, report.runs);
+    println!(
+        "model {}  image {}  runs {}",
+        report.model, report.image, report.runs
+    );
     println!(
         "{:>7} {:>14} {:>14} {:>14} {:>14} {:>14} {:>9} {:>9}",
-        "threads", "decode ms", "resize+norm ms", "backbone ms", "head ms", "total ms", "images/s", "pre/bb"
+        "threads",
+        "decode ms",
+        "resize+norm ms",
+        "backbone ms",
+        "head ms",
+        "total ms",
+        "images/s",
+        "pre/bb"
     );
     let cell = |s: &StageStats| format!("{:.2} ({:.2})", s.median_ms, s.p95_ms);
     for r in &report.results {

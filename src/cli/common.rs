@@ -56,8 +56,7 @@ impl ModelArgs {
 
     /// Loads the manifest and the backbone; any failure here is a configuration error.
     pub fn load_backbone(&self) -> anyhow::Result<Arc<Backbone>> {
-        let manifest =
-            ModelManifest::load(&self.model).map_err(|e| ConfigError(e.to_string()))?;
+        let manifest = ModelManifest::load(&self.model).map_err(|e| ConfigError(e.to_string()))?;
         let threads = resolve_threads(self.threads);
         set_threads(threads);
         let backbone = Backbone::load(&manifest, &BackboneOptions { threads })

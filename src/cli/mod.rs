@@ -1,7 +1,10 @@
 //! Subcommand implementations; `src/main.rs` only parses arguments and maps errors to exit codes.
 
 pub mod bench; // glimpse bench: per-stage timings, throughput, peak RSS, training time
+pub mod capture; // glimpse capture: frames from any source, classified, as JSON lines
 pub mod classify; // glimpse classify: ImageNet or trained-head top-k for image files
 pub mod common; // arguments shared by subcommands (model manifest, threads, resize mode)
 pub mod fetch; // glimpse fetch-model: download + verify a model named by a manifest
+pub mod run; // glimpse run (the daemon) and glimpse check-config
 pub mod train; // glimpse train: class-per-folder dataset -> embeddings (cached) -> head file
+pub mod watch; // `glimpse watch`: print what devices publish

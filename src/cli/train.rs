@@ -129,7 +129,11 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     } else {
         let root = args.cache_dir.clone().unwrap_or_else(default_root);
         let namespace = namespace_for(backbone.fingerprint(), backbone.input_spec(), mode);
-        Some(EmbeddingCache::open(&root, &namespace, backbone.embedding_dim())?)
+        Some(EmbeddingCache::open(
+            &root,
+            &namespace,
+            backbone.embedding_dim(),
+        )?)
     };
     let mut embedder = Embedder::new(backbone.clone(), mode, DecodeLimits::default());
 
@@ -173,8 +177,8 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         labels: &embedded.labels,
         classes: &dataset.classes,
     };
-    let head = train(&data, backbone.fingerprint(), &config, &mut |_| {})
-        .context("training the head")?;
+    let head =
+        train(&data, backbone.fingerprint(), &config, &mut |_| {}).context("training the head")?;
     let report = head.report();
     if args.json {
         println!("{}", serde_json::to_string_pretty(report)?);

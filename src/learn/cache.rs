@@ -160,6 +160,9 @@ mod tests {
         );
         let mut s = spec();
         s.mean = [0.4; 3];
-        assert_ne!(base, namespace_for(&fp("features"), &s, ResizeMode::Stretch));
+        assert_ne!(
+            base,
+            namespace_for(&fp("features"), &s, ResizeMode::Stretch)
+        );
     }
 }

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use tract_onnx::pb;
 use tract_onnx::prelude::{
-    tvec, DatumType, Framework, InferenceFact, InferenceModelExt, IntoTValue, OutletId,
-    RunOptions, Tensor, TypedSimplePlan,
+    tvec, DatumType, Framework, InferenceFact, InferenceModelExt, IntoTValue, OutletId, RunOptions,
+    Tensor, TypedSimplePlan,
 };
 use tract_onnx::tract_hir::infer::InferenceModel;
 
@@ -39,6 +39,8 @@ pub struct BackboneOptions {
 
 /// Sets tract's process-wide default executor: `n` threads for matrix products (0 or 1 = single
 /// threaded). Plans built with `BackboneOptions::threads > 1` use their own pool instead.
+/// (tract panics if the OS refuses to start the threads; `n` is capped so only a starved
+/// system can get there.)
 pub fn set_threads(n: usize) {
     use tract_linalg::multithread::{set_default_executor, Executor};
     if n > 1 {
@@ -209,7 +211,8 @@ impl Backbone {
         let mut model = parsed.model;
         let outlet = |name: &str| parsed.outlets_by_name.get(name).copied();
         // choose_tensors checked that these are node outputs, which the parser always registers.
-        let embedding_outlet = outlet(&chosen.embedding).ok_or_else(|| missing(&path, &chosen.embedding))?;
+        let embedding_outlet =
+            outlet(&chosen.embedding).ok_or_else(|| missing(&path, &chosen.embedding))?;
         let mut outputs = vec![embedding_outlet];
         if let Some(logits) = &chosen.logits {
             outputs.push(outlet(logits).ok_or_else(|| missing(&path, logits))?);
@@ -227,12 +230,13 @@ impl Backbone {
 
         let model_name = file_name(&path);
         let embedding_shape = concrete_shape(&typed, 0);
-        let dim = embedding_dim_of(&embedding_shape).ok_or_else(|| BackboneError::BadOutputShape {
-            tensor: chosen.embedding.clone(),
-            model: model_name.clone(),
-            shape: format!("{embedding_shape:?}"),
-            expected: "[1, D] or [1, D, 1, 1] (a pooled feature vector)",
-        })?;
+        let dim =
+            embedding_dim_of(&embedding_shape).ok_or_else(|| BackboneError::BadOutputShape {
+                tensor: chosen.embedding.clone(),
+                model: model_name.clone(),
+                shape: format!("{embedding_shape:?}"),
+                expected: "[1, D] or [1, D, 1, 1] (a pooled feature vector)",
+            })?;
         let mut logits_dim = None;
         if let Some(logits) = &chosen.logits {
             let shape = concrete_shape(&typed, 1);
@@ -313,7 +317,10 @@ impl Backbone {
         }
         let run_error = |e: tract_onnx::prelude::TractError| BackboneError::Run(format!("{e:#}"));
         let tensor = Tensor::from_shape(&self.input_shape, input).map_err(run_error)?;
-        let outputs = self.plan.run(tvec!(tensor.into_tvalue())).map_err(run_error)?;
+        let outputs = self
+            .plan
+            .run(tvec!(tensor.into_tvalue()))
+            .map_err(run_error)?;
         let read = |ix: usize| -> Result<Vec<f32>, BackboneError> {
             let value = outputs
                 .get(ix)
@@ -323,7 +330,11 @@ impl Backbone {
             Ok(view.iter().copied().collect())
         };
         let embedding = read(0)?;
-        let logits = if self.has_logits { Some(read(1)?) } else { None };
+        let logits = if self.has_logits {
+            Some(read(1)?)
+        } else {
+            None
+        };
         Ok(BackboneOutput { embedding, logits })
     }
 }
@@ -455,7 +466,9 @@ fn choose_tensors(
     log::info!(
         "{}: input `{input}`, embedding `{embedding}`, logits {}",
         manifest.name,
-        logits.as_deref().map_or("none".into(), |l| format!("`{l}`"))
+        logits
+            .as_deref()
+            .map_or("none".into(), |l| format!("`{l}`"))
     );
     Ok(ChosenTensors {
         input,
@@ -489,7 +502,11 @@ fn fix_input(
     let index = outlets
         .iter()
         .position(|o| model.node(o.node).name == name)
-        .ok_or_else(|| tract_onnx::prelude::tract_data::internal::format_err!("input `{name}` not among tract's inputs"))?;
+        .ok_or_else(|| {
+            tract_onnx::prelude::tract_data::internal::format_err!(
+                "input `{name}` not among tract's inputs"
+            )
+        })?;
     model.set_input_fact(index, InferenceFact::dt_shape(DatumType::F32, shape))?;
     Ok(())
 }

@@ -51,7 +51,10 @@ impl Default for DecodeLimits {
     /// 32 MiB and 50 megapixels: above any camera or phone photo, below what hurts a Jetson
     /// (50 MP of RGB8 is 150 MB).
     fn default() -> Self {
-        DecodeLimits { max_bytes: 32 << 20, max_pixels: 50_000_000 }
+        DecodeLimits {
+            max_bytes: 32 << 20,
+            max_pixels: 50_000_000,
+        }
     }
 }
 
@@ -61,14 +64,21 @@ impl DecodeLimits {
             return Err(PreprocessError::Empty);
         }
         if len > self.max_bytes {
-            return Err(PreprocessError::TooLarge { bytes: len, limit: self.max_bytes });
+            return Err(PreprocessError::TooLarge {
+                bytes: len,
+                limit: self.max_bytes,
+            });
         }
         Ok(())
     }
 
     fn check_pixels(&self, width: u32, height: u32) -> Result<(), PreprocessError> {
         if u64::from(width) * u64::from(height) > self.max_pixels {
-            return Err(PreprocessError::TooManyPixels { width, height, limit: self.max_pixels });
+            return Err(PreprocessError::TooManyPixels {
+                width,
+                height,
+                limit: self.max_pixels,
+            });
         }
         Ok(())
     }
@@ -83,7 +93,12 @@ fn sniff_format(bytes: &[u8]) -> Result<ImageFormat, PreprocessError> {
     } else if bytes.starts_with(b"BM") {
         Ok(ImageFormat::Bmp)
     } else {
-        let head = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ");
+        let head = bytes
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ");
         Err(PreprocessError::UnknownFormat { head })
     }
 }
@@ -103,7 +118,11 @@ fn format_name(format: ImageFormat) -> &'static str {
 
 fn u32_at(bytes: &[u8], at: usize, big_endian: bool) -> Option<u32> {
     let word: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
-    Some(if big_endian { u32::from_be_bytes(word) } else { u32::from_le_bytes(word) })
+    Some(if big_endian {
+        u32::from_be_bytes(word)
+    } else {
+        u32::from_le_bytes(word)
+    })
 }
 
 /// Image size as declared by the header, read without constructing a decoder. For JPEG this also
@@ -125,7 +144,11 @@ fn declared_dimensions(format: ImageFormat, bytes: &[u8]) -> Result<(u32, u32), 
             // sizes) or the Windows one (i32 sizes; a negative height means top-down rows).
             let dib_size = u32_at(bytes, 14, false).ok_or_else(truncated)?;
             if dib_size == 12 {
-                let at = |i: usize| bytes.get(i..i + 2).map(|p| u32::from(u16::from_le_bytes([p[0], p[1]])));
+                let at = |i: usize| {
+                    bytes
+                        .get(i..i + 2)
+                        .map(|p| u32::from(u16::from_le_bytes([p[0], p[1]])))
+                };
                 Ok((at(18).ok_or_else(truncated)?, at(20).ok_or_else(truncated)?))
             } else {
                 let width = u32_at(bytes, 18, false).ok_or_else(truncated)? as i32;
@@ -139,7 +162,10 @@ fn declared_dimensions(format: ImageFormat, bytes: &[u8]) -> Result<(u32, u32), 
         _ => {
             let header = jpeg_markers::scan_header(bytes).map_err(|e| corrupt(format, e))?;
             if !jpeg_markers::has_end_marker(bytes, &header) {
-                return Err(corrupt(format, "truncated: no end-of-image marker after the scan data"));
+                return Err(corrupt(
+                    format,
+                    "truncated: no end-of-image marker after the scan data",
+                ));
             }
             Ok((header.width, header.height))
         }
@@ -157,7 +183,10 @@ pub fn decode_image(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, Pre
     let format = sniff_format(bytes)?;
     let (width, height) = declared_dimensions(format, bytes)?;
     if width == 0 || height == 0 {
-        return Err(corrupt(format, format!("header declares a {width}x{height} image")));
+        return Err(corrupt(
+            format,
+            format!("header declares a {width}x{height} image"),
+        ));
     }
     limits.check_pixels(width, height)?;
 
@@ -188,18 +217,34 @@ pub fn decode_raw(
         return decode_mjpeg(data, limits);
     }
     if width == 0 || height == 0 {
-        return Err(PreprocessError::BadFrameGeometry { format, width, height, why: "zero size" });
+        return Err(PreprocessError::BadFrameGeometry {
+            format,
+            width,
+            height,
+            why: "zero size",
+        });
     }
     if format == PixelFormat::Yuyv && width % 2 != 0 {
         // A YUYV macro-pixel covers two columns; V4L2 never negotiates an odd width for it.
-        return Err(PreprocessError::BadFrameGeometry { format, width, height, why: "odd width" });
+        return Err(PreprocessError::BadFrameGeometry {
+            format,
+            width,
+            height,
+            why: "odd width",
+        });
     }
     limits.check_pixels(width, height)?;
     let bytes_per_pixel = if format == PixelFormat::Rgb24 { 3 } else { 2 };
     // Fits in usize: pixels <= max_pixels and the payload already fits in memory.
     let expected = width as usize * height as usize * bytes_per_pixel;
     if data.len() != expected {
-        return Err(PreprocessError::BadRawFrame { format, width, height, expected, actual: data.len() });
+        return Err(PreprocessError::BadRawFrame {
+            format,
+            width,
+            height,
+            expected,
+            actual: data.len(),
+        });
     }
     let rgb = match format {
         PixelFormat::Yuyv => yuyv_to_rgb(data),
@@ -278,7 +323,11 @@ mod tests {
         for &byte in data {
             crc ^= u32::from(byte);
             for _ in 0..8 {
-                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
             }
         }
         !crc
@@ -288,7 +337,15 @@ mod tests {
     fn png_header_only(width: u32, height: u32) -> Vec<u8> {
         let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
         for (kind, body) in [
-            (*b"IHDR", [&width.to_be_bytes()[..], &height.to_be_bytes(), &[8, 2, 0, 0, 0]].concat()),
+            (
+                *b"IHDR",
+                [
+                    &width.to_be_bytes()[..],
+                    &height.to_be_bytes(),
+                    &[8, 2, 0, 0, 0],
+                ]
+                .concat(),
+            ),
             (*b"IEND", Vec::new()),
         ] {
             png.extend_from_slice(&(body.len() as u32).to_be_bytes());
@@ -306,7 +363,9 @@ mod tests {
     }
 
     fn small_test_image() -> RgbImage {
-        RgbImage::from_fn(37, 21, |x, y| image::Rgb([(x * 6) as u8, (y * 12) as u8, ((x + y) * 4) as u8]))
+        RgbImage::from_fn(37, 21, |x, y| {
+            image::Rgb([(x * 6) as u8, (y * 12) as u8, ((x + y) * 4) as u8])
+        })
     }
 
     #[test]
@@ -316,7 +375,10 @@ mod tests {
 
     #[test]
     fn empty_payload_is_refused() {
-        assert!(matches!(decode_image(&[], &limits()), Err(PreprocessError::Empty)));
+        assert!(matches!(
+            decode_image(&[], &limits()),
+            Err(PreprocessError::Empty)
+        ));
         assert!(matches!(
             decode_raw(PixelFormat::Rgb24, 1, 1, &[], &limits()),
             Err(PreprocessError::Empty)
@@ -325,18 +387,42 @@ mod tests {
 
     #[test]
     fn oversized_payload_is_refused_before_sniffing() {
-        let small = DecodeLimits { max_bytes: 100, ..limits() };
+        let small = DecodeLimits {
+            max_bytes: 100,
+            ..limits()
+        };
         let err = decode_image(&[0u8; 101], &small).unwrap_err();
-        assert!(matches!(err, PreprocessError::TooLarge { bytes: 101, limit: 100 }), "{err}");
+        assert!(
+            matches!(
+                err,
+                PreprocessError::TooLarge {
+                    bytes: 101,
+                    limit: 100
+                }
+            ),
+            "{err}"
+        );
         let frame = vec![0u8; 10 * 10 * 3];
         let err = decode_raw(PixelFormat::Rgb24, 10, 10, &frame, &small).unwrap_err();
-        assert!(matches!(err, PreprocessError::TooLarge { bytes: 300, limit: 100 }), "{err}");
+        assert!(
+            matches!(
+                err,
+                PreprocessError::TooLarge {
+                    bytes: 300,
+                    limit: 100
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
     fn text_is_an_unknown_format_named_by_its_first_bytes() {
         let err = decode_image(b"hello, this is not an image", &limits()).unwrap_err();
-        assert!(matches!(&err, PreprocessError::UnknownFormat { head } if head == "68 65 6c 6c 6f 2c 20 74"), "{err}");
+        assert!(
+            matches!(&err, PreprocessError::UnknownFormat { head } if head == "68 65 6c 6c 6f 2c 20 74"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -345,7 +431,14 @@ mod tests {
         assert_eq!(bomb.len(), 8 + 25 + 12);
         let err = decode_image(&bomb, &limits()).unwrap_err();
         assert!(
-            matches!(err, PreprocessError::TooManyPixels { width: 30_000, height: 30_000, limit: 50_000_000 }),
+            matches!(
+                err,
+                PreprocessError::TooManyPixels {
+                    width: 30_000,
+                    height: 30_000,
+                    limit: 50_000_000
+                }
+            ),
             "{err}"
         );
     }
@@ -358,13 +451,33 @@ mod tests {
             0xDA, 0x00, 0x02, 0xFF, 0xD9,
         ];
         let err = decode_image(&jpeg, &limits()).unwrap_err();
-        assert!(matches!(err, PreprocessError::TooManyPixels { width: 65535, height: 65535, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                PreprocessError::TooManyPixels {
+                    width: 65535,
+                    height: 65535,
+                    ..
+                }
+            ),
+            "{err}"
+        );
 
         let mut bmp = encode(&small_test_image(), ImageFormat::Bmp);
         bmp[18..22].copy_from_slice(&20_000i32.to_le_bytes());
         bmp[22..26].copy_from_slice(&(-20_000i32).to_le_bytes()); // top-down: negative height
         let err = decode_image(&bmp, &limits()).unwrap_err();
-        assert!(matches!(err, PreprocessError::TooManyPixels { width: 20_000, height: 20_000, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                PreprocessError::TooManyPixels {
+                    width: 20_000,
+                    height: 20_000,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -379,10 +492,16 @@ mod tests {
     #[test]
     fn truncated_jpeg_is_corrupt_not_a_gray_filled_image() {
         let jpeg = synthetic_jpeg(640, 480, 90).unwrap();
-        assert_eq!(decode_image(&jpeg, &limits()).unwrap().dimensions(), (640, 480));
+        assert_eq!(
+            decode_image(&jpeg, &limits()).unwrap().dimensions(),
+            (640, 480)
+        );
         for cut in [jpeg.len() / 2, jpeg.len() - 2] {
             let err = decode_image(&jpeg[..cut], &limits()).unwrap_err();
-            assert!(matches!(&err, PreprocessError::Corrupt(m) if m.contains("truncated")), "{err}");
+            assert!(
+                matches!(&err, PreprocessError::Corrupt(m) if m.contains("truncated")),
+                "{err}"
+            );
         }
     }
 
@@ -414,7 +533,14 @@ mod tests {
         // BT.601 limited range macro-pixels (Y0 U Y1 V): white, black, pure red.
         let frame = [235, 128, 235, 128, 16, 128, 16, 128, 81, 90, 81, 240];
         let rgb = decode_raw(PixelFormat::Yuyv, 6, 1, &frame, &limits()).unwrap();
-        let expected = [[255, 255, 255], [255, 255, 255], [0, 0, 0], [0, 0, 0], [255, 0, 0], [255, 0, 0]];
+        let expected = [
+            [255, 255, 255],
+            [255, 255, 255],
+            [0, 0, 0],
+            [0, 0, 0],
+            [255, 0, 0],
+            [255, 0, 0],
+        ];
         let got: Vec<[u8; 3]> = rgb.pixels().map(|p| p.0).collect();
         assert_eq!(got, expected);
     }
@@ -422,13 +548,29 @@ mod tests {
     #[test]
     fn yuyv_rejects_wrong_length_and_odd_width() {
         let err = decode_raw(PixelFormat::Yuyv, 4, 2, &[0; 15], &limits()).unwrap_err();
-        assert!(matches!(err, PreprocessError::BadRawFrame { expected: 16, actual: 15, .. }), "{err}");
-        let err = decode_raw(PixelFormat::Yuyv, 3, 2, &[0; 12], &limits()).unwrap_err();
-        assert!(matches!(err, PreprocessError::BadFrameGeometry { why: "odd width", .. }), "{err}");
-        assert_eq!(
-            err.to_string(),
-            "raw yuyv frame 3x2 is unusable: odd width"
+        assert!(
+            matches!(
+                err,
+                PreprocessError::BadRawFrame {
+                    expected: 16,
+                    actual: 15,
+                    ..
+                }
+            ),
+            "{err}"
         );
+        let err = decode_raw(PixelFormat::Yuyv, 3, 2, &[0; 12], &limits()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PreprocessError::BadFrameGeometry {
+                    why: "odd width",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(err.to_string(), "raw yuyv frame 3x2 is unusable: odd width");
     }
 
     #[test]
@@ -437,13 +579,48 @@ mod tests {
         let rgb = decode_raw(PixelFormat::Rgb24, 2, 3, &data, &limits()).unwrap();
         assert_eq!((rgb.dimensions(), rgb.as_raw()), ((2, 3), &data));
         let err = decode_raw(PixelFormat::Rgb24, 3, 3, &data, &limits()).unwrap_err();
-        assert!(matches!(err, PreprocessError::BadRawFrame { expected: 27, actual: 18, .. }), "{err}");
-        assert_eq!(err.to_string(), "raw rgb24 frame 3x3 should be 27 bytes, got 18");
+        assert!(
+            matches!(
+                err,
+                PreprocessError::BadRawFrame {
+                    expected: 27,
+                    actual: 18,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "raw rgb24 frame 3x3 should be 27 bytes, got 18"
+        );
         let err = decode_raw(PixelFormat::Rgb24, 0, 3, &data, &limits()).unwrap_err();
-        assert!(matches!(err, PreprocessError::BadFrameGeometry { why: "zero size", .. }), "{err}");
-        let tiny = DecodeLimits { max_pixels: 5, ..limits() };
+        assert!(
+            matches!(
+                err,
+                PreprocessError::BadFrameGeometry {
+                    why: "zero size",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let tiny = DecodeLimits {
+            max_pixels: 5,
+            ..limits()
+        };
         let err = decode_raw(PixelFormat::Rgb24, 2, 3, &data, &tiny).unwrap_err();
-        assert!(matches!(err, PreprocessError::TooManyPixels { width: 2, height: 3, limit: 5 }), "{err}");
+        assert!(
+            matches!(
+                err,
+                PreprocessError::TooManyPixels {
+                    width: 2,
+                    height: 3,
+                    limit: 5
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -56,7 +56,10 @@ impl Embedder {
     }
 
     /// Decodes an encoded image (JPEG, PNG, BMP) and embeds it.
-    pub fn embed_bytes(&mut self, bytes: &[u8]) -> Result<(BackboneOutput, StageTimes), EmbedError> {
+    pub fn embed_bytes(
+        &mut self,
+        bytes: &[u8],
+    ) -> Result<(BackboneOutput, StageTimes), EmbedError> {
         let started = Instant::now();
         let image = decode_image(bytes, &self.limits)?;
         let decode = started.elapsed();

@@ -81,9 +81,13 @@ pub fn fetch_model(
     dest_dir: Option<&Path>,
     progress: bool,
 ) -> Result<PathBuf, FetchError> {
-    let url = manifest.model.url.as_deref().ok_or_else(|| FetchError::NoUrl {
-        manifest: manifest.origin.clone(),
-    })?;
+    let url = manifest
+        .model
+        .url
+        .as_deref()
+        .ok_or_else(|| FetchError::NoUrl {
+            manifest: manifest.origin.clone(),
+        })?;
     let model_path = manifest.model_path();
     let dir = match dest_dir {
         Some(dir) => dir.to_path_buf(),
@@ -353,7 +357,12 @@ fn extract_member(
 /// At most a dozen names: an archive listing must stay one readable line.
 fn summarize(names: &[String]) -> String {
     const SHOWN: usize = 12;
-    let mut s = names.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    let mut s = names
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
     if names.len() > SHOWN {
         s.push_str(&format!(", ... ({} in all)", names.len()));
     }

@@ -156,6 +156,9 @@ mod tests {
         let path = dir.path().join("short.txt");
         std::fs::write(&path, "a\nb\n").unwrap();
         let err = Labels::load(&path, 2).unwrap_err().to_string();
-        assert!(err.contains("short.txt") && err.contains("offset 2"), "{err}");
+        assert!(
+            err.contains("short.txt") && err.contains("offset 2"),
+            "{err}"
+        );
     }
 }

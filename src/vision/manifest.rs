@@ -309,12 +309,7 @@ impl ModelManifest {
         if self.input.mean.iter().any(|m| !m.is_finite()) {
             return Err(self.invalid("input.mean", "must be finite numbers"));
         }
-        if self
-            .input
-            .std
-            .iter()
-            .any(|s| !(s.is_finite() && *s != 0.0))
-        {
+        if self.input.std.iter().any(|s| !(s.is_finite() && *s != 0.0)) {
             return Err(self.invalid("input.std", "must be finite and non-zero"));
         }
         if let Some(name) = &self.outputs.logits {

@@ -30,13 +30,28 @@ pub enum PreprocessError {
     #[error("corrupt {0}")]
     Corrupt(String),
     #[error("raw {format} frame {width}x{height} should be {expected} bytes, got {actual}")]
-    BadRawFrame { format: PixelFormat, width: u32, height: u32, expected: usize, actual: usize },
+    BadRawFrame {
+        format: PixelFormat,
+        width: u32,
+        height: u32,
+        expected: usize,
+        actual: usize,
+    },
     #[error("raw {format} frame {width}x{height} is unusable: {why}")]
-    BadFrameGeometry { format: PixelFormat, width: u32, height: u32, why: &'static str },
+    BadFrameGeometry {
+        format: PixelFormat,
+        width: u32,
+        height: u32,
+        why: &'static str,
+    },
     #[error("cannot preprocess a {width}x{height} image")]
     EmptyImage { width: u32, height: u32 },
     #[error("resizing {src_width}x{src_height} to the model input failed: {detail}")]
-    Resize { src_width: u32, src_height: u32, detail: String },
+    Resize {
+        src_width: u32,
+        src_height: u32,
+        detail: String,
+    },
 }
 
 /// A pixel rectangle of the source image.
@@ -51,9 +66,19 @@ pub struct CropRect {
 /// The largest centered rectangle of a `src_w` x `src_h` image with the aspect ratio of
 /// `dst_w` x `dst_h` (whole pixels, rounded to nearest; the odd leftover pixel goes right/bottom).
 pub fn center_crop(src_w: u32, src_h: u32, dst_w: u32, dst_h: u32) -> CropRect {
-    let (sw, sh, dw, dh) = (u64::from(src_w), u64::from(src_h), u64::from(dst_w), u64::from(dst_h));
+    let (sw, sh, dw, dh) = (
+        u64::from(src_w),
+        u64::from(src_h),
+        u64::from(dst_w),
+        u64::from(dst_h),
+    );
     if dw == 0 || dh == 0 {
-        return CropRect { left: 0, top: 0, width: src_w, height: src_h };
+        return CropRect {
+            left: 0,
+            top: 0,
+            width: src_w,
+            height: src_h,
+        };
     }
     // Compare sw/sh with dw/dh without division; u32 * u32 fits in u64.
     let (width, height) = if sw * dh > sh * dw {
@@ -63,7 +88,12 @@ pub fn center_crop(src_w: u32, src_h: u32, dst_w: u32, dst_h: u32) -> CropRect {
     };
     // Both fit in u32: each is clamped to a source side.
     let (width, height) = (width as u32, height as u32);
-    CropRect { left: (src_w - width) / 2, top: (src_h - height) / 2, width, height }
+    CropRect {
+        left: (src_w - width) / 2,
+        top: (src_h - height) / 2,
+        width,
+        height,
+    }
 }
 
 /// Per-channel tables mapping a pixel value 0..=255 to `(v / pixel_scale - mean) / std`.
@@ -115,10 +145,18 @@ impl Preprocessor {
     pub fn run(&mut self, image: &RgbImage, out: &mut Vec<f32>) -> Result<(), PreprocessError> {
         let (src_w, src_h) = image.dimensions();
         if src_w == 0 || src_h == 0 || self.spec.width == 0 || self.spec.height == 0 {
-            return Err(PreprocessError::EmptyImage { width: src_w, height: src_h });
+            return Err(PreprocessError::EmptyImage {
+                width: src_w,
+                height: src_h,
+            });
         }
         let crop = match self.mode {
-            ResizeMode::Stretch => CropRect { left: 0, top: 0, width: src_w, height: src_h },
+            ResizeMode::Stretch => CropRect {
+                left: 0,
+                top: 0,
+                width: src_w,
+                height: src_h,
+            },
             ResizeMode::CenterCrop => center_crop(src_w, src_h, self.spec.width, self.spec.height),
         };
         let already_fits = crop.width == self.spec.width
@@ -149,9 +187,14 @@ impl Preprocessor {
 
     fn resize(&mut self, image: &RgbImage, crop: CropRect) -> Result<(), PreprocessError> {
         let (src_width, src_height) = image.dimensions();
-        let failed = |detail: String| PreprocessError::Resize { src_width, src_height, detail };
-        let src = fr::images::ImageRef::new(src_width, src_height, image.as_raw(), fr::PixelType::U8x3)
-            .map_err(|e| failed(e.to_string()))?;
+        let failed = |detail: String| PreprocessError::Resize {
+            src_width,
+            src_height,
+            detail,
+        };
+        let src =
+            fr::images::ImageRef::new(src_width, src_height, image.as_raw(), fr::PixelType::U8x3)
+                .map_err(|e| failed(e.to_string()))?;
         // Convolution with the bilinear kernel widens the kernel when shrinking (antialiasing, like
         // Pillow); the reference tensors match it far better than fixed-size interpolation does.
         let options = fr::ResizeOptions::new()
@@ -162,7 +205,9 @@ impl Preprocessor {
                 f64::from(crop.width),
                 f64::from(crop.height),
             );
-        self.resizer.resize(&src, &mut self.resized, &options).map_err(|e| failed(e.to_string()))
+        self.resizer
+            .resize(&src, &mut self.resized, &options)
+            .map_err(|e| failed(e.to_string()))
     }
 }
 
@@ -181,7 +226,10 @@ fn normalize(pixels: &[u8], tables: &[[f32; 256]; 3], layout: Layout, out: &mut 
             let plane = out.len() / 3;
             let (r_plane, rest) = out.split_at_mut(plane);
             let (g_plane, b_plane) = rest.split_at_mut(plane);
-            let planes = r_plane.iter_mut().zip(g_plane.iter_mut()).zip(b_plane.iter_mut());
+            let planes = r_plane
+                .iter_mut()
+                .zip(g_plane.iter_mut())
+                .zip(b_plane.iter_mut());
             for (px, ((r, g), b)) in pixels.chunks_exact(3).zip(planes) {
                 *r = red[usize::from(px[0])];
                 *g = green[usize::from(px[1])];

@@ -50,7 +50,10 @@ pub(crate) fn scan_header(bytes: &[u8]) -> Result<JpegHeader, String> {
             return Err(if pos >= bytes.len() {
                 "truncated: ended before the first scan".into()
             } else {
-                format!("expected a marker at offset {pos}, found byte {:#04x}", bytes[pos])
+                format!(
+                    "expected a marker at offset {pos}, found byte {:#04x}",
+                    bytes[pos]
+                )
             });
         }
         // Any number of 0xFF fill bytes may precede a marker code.
@@ -71,12 +74,19 @@ pub(crate) fn scan_header(bytes: &[u8]) -> Result<JpegHeader, String> {
             .ok_or_else(|| format!("truncated in the length of marker FF{marker:02X}"))?
             as usize;
         if length < 2 {
-            return Err(format!("marker FF{marker:02X} at offset {pos} has length {length} < 2"));
+            return Err(format!(
+                "marker FF{marker:02X} at offset {pos} has length {length} < 2"
+            ));
         }
         if marker == SOS {
             let (width, height) =
                 frame.ok_or("a scan (SOS) starts before any frame header (SOF)")?;
-            return Ok(JpegHeader { width, height, has_huffman_tables, scan_offset: pos - 2 });
+            return Ok(JpegHeader {
+                width,
+                height,
+                has_huffman_tables,
+                scan_offset: pos - 2,
+            });
         }
         if marker == DHT {
             has_huffman_tables = true;
@@ -117,7 +127,10 @@ pub(crate) fn with_standard_huffman_tables(bytes: &[u8]) -> Vec<u8> {
         (0x01, &DC_CHROMA_BITS, &DC_VALUES[..]),
         (0x11, &AC_CHROMA_BITS, &AC_CHROMA_VALUES[..]),
     ];
-    let payload: usize = tables.iter().map(|(_, bits, values)| 1 + bits.len() + values.len()).sum();
+    let payload: usize = tables
+        .iter()
+        .map(|(_, bits, values)| 1 + bits.len() + values.len())
+        .sum();
     let mut out = Vec::with_capacity(bytes.len() + payload + 4);
     out.extend_from_slice(&bytes[..2.min(bytes.len())]);
     out.extend_from_slice(&[0xFF, DHT]);
@@ -204,8 +217,8 @@ mod tests {
     fn scan_reads_frame_size_and_skips_fill_bytes() {
         // SOI, fill byte, APP0 (length 4, two payload bytes), SOF0 for 640x480, SOS.
         let bytes = [
-            0xFF, 0xD8, 0xFF, 0xFF, 0xE0, 0x00, 0x04, 1, 2, 0xFF, 0xC0, 0x00, 0x0B, 8, 0x01,
-            0xE0, 0x02, 0x80, 1, 1, 0x11, 0, 0xFF, 0xDA, 0x00, 0x02,
+            0xFF, 0xD8, 0xFF, 0xFF, 0xE0, 0x00, 0x04, 1, 2, 0xFF, 0xC0, 0x00, 0x0B, 8, 0x01, 0xE0,
+            0x02, 0x80, 1, 1, 0x11, 0, 0xFF, 0xDA, 0x00, 0x02,
         ];
         let header = scan_header(&bytes).unwrap();
         assert!(!has_end_marker(&bytes, &header));
@@ -214,16 +227,27 @@ mod tests {
         assert!(has_end_marker(&complete, &header));
         assert_eq!(
             header,
-            JpegHeader { width: 640, height: 480, has_huffman_tables: false, scan_offset: 22 }
+            JpegHeader {
+                width: 640,
+                height: 480,
+                has_huffman_tables: false,
+                scan_offset: 22
+            }
         );
     }
 
     #[test]
     fn scan_rejects_truncation_and_missing_frame() {
-        assert!(scan_header(&[0xFF, 0xD8]).unwrap_err().contains("truncated"));
-        assert!(scan_header(&[0xFF, 0xD8, 0xFF, 0xC0, 0x00]).unwrap_err().contains("truncated"));
+        assert!(scan_header(&[0xFF, 0xD8])
+            .unwrap_err()
+            .contains("truncated"));
+        assert!(scan_header(&[0xFF, 0xD8, 0xFF, 0xC0, 0x00])
+            .unwrap_err()
+            .contains("truncated"));
         let scan_first = [0xFF, 0xD8, 0xFF, 0xDA, 0x00, 0x02];
-        assert!(scan_header(&scan_first).unwrap_err().contains("before any frame header"));
+        assert!(scan_header(&scan_first)
+            .unwrap_err()
+            .contains("before any frame header"));
         assert!(scan_header(b"GIF89a").unwrap_err().contains("SOI"));
     }
 

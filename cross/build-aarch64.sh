@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Builds the release glimpse binary for aarch64 Jetson boards, without Docker: cargo-zigbuild links
+# it with zig against glibc 2.27 (JetPack 4.6 / Ubuntu 18.04), so the one binary starts on JetPack
+# 4.6, 5 and 6 alike. Debian's own cross gcc would link against its glibc 2.36 and the binary would
+# not start on any JetPack (see docs/deploy.md).
+#
+# Usage: cross/build-aarch64.sh [extra cargo args, e.g. --no-default-features]
+# Prints the binary's path on its last line. Environment:
+#   CARGO_TARGET_DIR            the shared target dir; the aarch64 build goes in its aarch64/ subdir
+#   GLIMPSE_AARCH64_TARGET_DIR  the aarch64 target dir itself (overrides the above)
+#   GLIMPSE_GLIBC               the glibc to link against (default 2.27)
+#
+# What it needs: python3 with venv (the zig toolchain comes from PyPI, pinned below), rustup, and
+# libclang (apt-get install -y libclang-dev) for the bindgen step of nokhwa's V4L2 backend, whose
+# kernel headers are taken from zig's bundled aarch64 headers. Release build: ~12 min on 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ZIGLANG_VERSION=0.15.2
+CARGO_ZIGBUILD_VERSION=0.24.1
+TARGET=aarch64-unknown-linux-gnu
+GLIBC=${GLIMPSE_GLIBC:-2.27}
+AARCH64_TARGET_DIR=${GLIMPSE_AARCH64_TARGET_DIR:-${CARGO_TARGET_DIR:-$PWD/target}/aarch64}
+TOOLS=$AARCH64_TARGET_DIR/tools
+
+die() { echo "build-aarch64: $*" >&2; exit 1; }
+need() { command -v "$1" >/dev/null 2>&1 || die "$1 not found: $2"; }
+
+need python3 "apt-get install -y python3 python3-venv"
+need rustup "install Rust with rustup (https://rustup.rs)"
+need cargo "install Rust with rustup (https://rustup.rs)"
+# bindgen loads libclang at build time; without it nokhwa's build script fails much later with a
+# less helpful message.
+if ! ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/*/libclang*.so* >/dev/null 2>&1; then
+  die "libclang not found (needed by bindgen for the V4L2 camera backend): apt-get install -y libclang-dev"
+fi
+
+# Pinned zig + cargo-zigbuild in a private virtualenv: no system-wide pip installs, and a rebuild
+# years later gets the same linker.
+if ! "$TOOLS/venv/bin/python" -c "import ziglang" >/dev/null 2>&1 \
+  || [ "$("$TOOLS/venv/bin/cargo-zigbuild" --version 2>/dev/null)" != "cargo-zigbuild $CARGO_ZIGBUILD_VERSION" ] \
+  || [ "$("$TOOLS/venv/bin/python" -m ziglang version 2>/dev/null)" != "$ZIGLANG_VERSION" ]; then
+  echo "build-aarch64: installing ziglang $ZIGLANG_VERSION and cargo-zigbuild $CARGO_ZIGBUILD_VERSION into $TOOLS/venv" >&2
+  mkdir -p "$TOOLS"
+  python3 -m venv "$TOOLS/venv" || die "python3 -m venv failed: apt-get install -y python3-venv"
+  "$TOOLS/venv/bin/pip" install --quiet "ziglang==$ZIGLANG_VERSION" "cargo-zigbuild==$CARGO_ZIGBUILD_VERSION" \
+    || die "pip install ziglang cargo-zigbuild failed (PyPI reachable?)"
+fi
+export PATH="$TOOLS/venv/bin:$PATH"
+
+if ! rustup target list --installed | grep -qx "$TARGET"; then
+  rustup target add "$TARGET" || die "rustup target add $TARGET failed"
+fi
+
+# bindgen (nokhwa -> v4l2-sys-mit) parses <linux/videodev2.h> for the target. zig ships aarch64
+# glibc and kernel headers; point clang at them and away from the host's x86-64 headers.
+ZIG_LIBC_INCLUDE=$("$TOOLS/venv/bin/python" -c 'import ziglang, os; print(os.path.join(os.path.dirname(ziglang.__file__), "lib", "libc", "include"))')
+[ -f "$ZIG_LIBC_INCLUDE/any-linux-any/linux/videodev2.h" ] || die "zig's kernel headers not found under $ZIG_LIBC_INCLUDE"
+export BINDGEN_EXTRA_CLANG_ARGS_aarch64_unknown_linux_gnu="-nostdlibinc \
+-isystem $ZIG_LIBC_INCLUDE/aarch64-linux-gnu \
+-isystem $ZIG_LIBC_INCLUDE/generic-glibc \
+-isystem $ZIG_LIBC_INCLUDE/aarch64-linux-any \
+-isystem $ZIG_LIBC_INCLUDE/any-linux-any"
+
+echo "build-aarch64: cargo zigbuild --release --target $TARGET.$GLIBC $* (target dir $AARCH64_TARGET_DIR)" >&2
+CARGO_TARGET_DIR="$AARCH64_TARGET_DIR" cargo zigbuild --release --target "$TARGET.$GLIBC" "$@" \
+  || die "cargo zigbuild failed (see above)"
+
+BINARY=$AARCH64_TARGET_DIR/$TARGET/release/glimpse
+[ -x "$BINARY" ] || die "the build did not produce $BINARY"
+echo "$BINARY"

@@ -1,0 +1,362 @@
+//! `glimpse watch`: subscribe to what one device (or all of them, `--device +`) publishes and
+//! print one line per message, for an operator at a terminal.
+//!
+//! Human output: `HH:MM:SS.mmm device kind summary` (UTC time of receipt). `--json`: one JSON
+//! object per line, `{"topic", "device", "kind", "received_at_ms", "payload"}`, where `payload`
+//! is the message's JSON, or a string for text payloads (availability); made for `jq`.
+//! The formatting is a pure function ([`format_message`]); the I/O loop around it is thin and
+//! survives broker restarts (it reconnects and re-subscribes).
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use rumqttc::{
+    Client, Event, MqttOptions, Packet, QoS, SubscribeFilter, TlsConfiguration, Transport,
+};
+use serde_json::{json, Value};
+
+use crate::mqtt::config::{parse_broker_url, Scheme, SYSTEM_CA_BUNDLE};
+use crate::mqtt::messages::now_unix_ms;
+use crate::mqtt::topics::{parse_outgoing, validate_level, validate_prefix, Outgoing};
+
+/// Kinds `watch` subscribes to (thumbnails are binary and large: not shown).
+const WATCHED: [Outgoing; 6] = [
+    Outgoing::Availability,
+    Outgoing::Prediction,
+    Outgoing::State,
+    Outgoing::Stats,
+    Outgoing::Ack,
+    Outgoing::Report,
+];
+
+/// Longest summary of a free-form payload (ack, report) in human output.
+const SUMMARY_CHARS: usize = 120;
+
+#[derive(Debug, Clone, Args)]
+pub struct WatchArgs {
+    /// Broker URL: mqtt://host[:port] or mqtts://host[:port] (system CA bundle).
+    #[arg(
+        long,
+        default_value = "mqtt://localhost:1883",
+        env = "GLIMPSE_MQTT_URL"
+    )]
+    pub url: String,
+    /// Topic prefix the devices publish under.
+    #[arg(long, default_value = "glimpse")]
+    pub prefix: String,
+    /// Device id to watch, or + for every device under the prefix.
+    #[arg(long, default_value = "+")]
+    pub device: String,
+    /// Print one JSON object per message instead of a human summary.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit after this many messages.
+    #[arg(long)]
+    pub count: Option<usize>,
+    /// Username for brokers that require authentication.
+    #[arg(long)]
+    pub username: Option<String>,
+    /// Name of an environment variable holding the password.
+    #[arg(long, requires = "username")]
+    pub password_env: Option<String>,
+}
+
+/// Formats one received message; `None` for a topic that is not a device output under `prefix`.
+pub fn format_message(
+    prefix: &str,
+    topic: &str,
+    payload: &[u8],
+    json_output: bool,
+    received_at_ms: u64,
+) -> Option<String> {
+    let (device, kind) = parse_outgoing(prefix, topic)?;
+    let parsed: Option<Value> = serde_json::from_slice(payload).ok();
+    if json_output {
+        let payload_value = match parsed {
+            Some(v) => v,
+            None => Value::String(String::from_utf8_lossy(payload).into_owned()),
+        };
+        let line = json!({
+            "topic": topic,
+            "device": device,
+            "kind": kind.suffix(),
+            "received_at_ms": received_at_ms,
+            "payload": payload_value,
+        });
+        return Some(line.to_string());
+    }
+    let summary = match (kind, &parsed) {
+        (Outgoing::Availability, _) => String::from_utf8_lossy(payload).into_owned(),
+        (Outgoing::Thumbnail, _) => format!("{} bytes", payload.len()),
+        (_, None) => format!("<not JSON, {} bytes>", payload.len()),
+        (Outgoing::Prediction, Some(v)) => prediction_summary(v),
+        (Outgoing::State, Some(v)) => {
+            format!("{} ({})", str_field(v, "label"), score_text(v.get("score")))
+        }
+        (Outgoing::Stats, Some(v)) => format!(
+            "fps {}/{} dropped {} reconnects {}",
+            num_field(v, "fps_in"),
+            num_field(v, "fps_out"),
+            num_field(v, "frames_dropped"),
+            num_field(v, "broker_reconnects"),
+        ),
+        (Outgoing::Ack | Outgoing::Report, Some(v)) => truncate(&v.to_string(), SUMMARY_CHARS),
+    };
+    Some(format!(
+        "{} {device} {} {summary}",
+        clock_utc(received_at_ms),
+        kind.suffix()
+    ))
+}
+
+fn prediction_summary(v: &Value) -> String {
+    let frame = num_field(v, "frame_id");
+    let latency = num_field(v, "latency_ms");
+    match v.get("label").and_then(Value::as_str) {
+        Some(label) => format!(
+            "{label} {} (frame {frame}, {latency} ms)",
+            score_text(v.get("score"))
+        ),
+        None => {
+            let top = v
+                .get("imagenet_top_k")
+                .and_then(Value::as_array)
+                .and_then(|a| a.first());
+            match top {
+                Some(t) => format!(
+                    "imagenet: {} {} (frame {frame}, {latency} ms)",
+                    str_field(t, "label"),
+                    score_text(t.get("score"))
+                ),
+                None => format!("no label (frame {frame}, {latency} ms)"),
+            }
+        }
+    }
+}
+
+fn str_field<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or("?")
+}
+
+fn num_field(v: &Value, key: &str) -> String {
+    match v.get(key) {
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(f) if n.is_f64() => format!("{f:.1}"),
+            _ => n.to_string(),
+        },
+        _ => "?".to_string(),
+    }
+}
+
+fn score_text(score: Option<&Value>) -> String {
+    match score.and_then(Value::as_f64) {
+        Some(s) => format!("{s:.2}"),
+        None => "?".to_string(),
+    }
+}
+
+fn truncate(text: &str, max_chars: usize) -> String {
+    if text.chars().count() <= max_chars {
+        return text.to_string();
+    }
+    let mut cut: String = text.chars().take(max_chars).collect();
+    cut.push('…');
+    cut
+}
+
+/// `HH:MM:SS.mmm` (UTC) of a unix-ms time.
+fn clock_utc(unix_ms: u64) -> String {
+    let ms = unix_ms % 1000;
+    let secs = (unix_ms / 1000) % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{ms:03}",
+        secs / 3600,
+        (secs / 60) % 60,
+        secs % 60
+    )
+}
+
+/// The subscription filters for `prefix` and `device` (`+` for all devices).
+pub fn watch_filters(prefix: &str, device: &str) -> Vec<String> {
+    WATCHED
+        .iter()
+        .map(|kind| format!("{prefix}/{device}/{}", kind.suffix()))
+        .collect()
+}
+
+/// Runs until `--count` messages were printed (forever without it).
+pub fn watch(args: &WatchArgs) -> anyhow::Result<()> {
+    validate_prefix(&args.prefix).context("--prefix")?;
+    if args.device != "+" {
+        validate_level("device id", &args.device).context("--device")?;
+    }
+    let broker = parse_broker_url(&args.url)
+        .map_err(anyhow::Error::msg)
+        .context("--url")?;
+    let mut options = MqttOptions::new(
+        format!("glimpse-watch-{}", std::process::id()),
+        broker.host.clone(),
+        broker.port,
+    );
+    options.set_keep_alive(Duration::from_secs(30));
+    // Training reports and stats can exceed rumqttc's 10 KiB default.
+    options.set_max_packet_size(16 * 1024 * 1024, 64 * 1024);
+    if let Some(user) = &args.username {
+        let password = match &args.password_env {
+            Some(name) => {
+                std::env::var(name).with_context(|| format!("--password-env: {name} is not set"))?
+            }
+            None => String::new(),
+        };
+        options.set_credentials(user.clone(), password);
+    }
+    if broker.scheme == Scheme::Mqtts {
+        let ca = std::fs::read(SYSTEM_CA_BUNDLE)
+            .with_context(|| format!("reading the CA bundle {SYSTEM_CA_BUNDLE}"))?;
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
+            ca,
+            alpn: None,
+            client_auth: None,
+        }));
+    }
+    let filters = watch_filters(&args.prefix, &args.device);
+    let (client, mut connection) = Client::new(options, 16);
+    let mut printed = 0usize;
+    if args.count == Some(0) {
+        return Ok(());
+    }
+    for event in connection.iter() {
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                // Re-subscribe on every connection: the watcher uses a clean session.
+                let subscriptions = filters
+                    .iter()
+                    .map(|f| SubscribeFilter::new(f.clone(), QoS::AtMostOnce));
+                if let Err(e) = client.try_subscribe_many(subscriptions) {
+                    bail!("cannot subscribe on {}: {e}", args.url);
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let line =
+                    format_message(&args.prefix, &p.topic, &p.payload, args.json, now_unix_ms());
+                if let Some(line) = line {
+                    println!("{line}");
+                    printed += 1;
+                    if args.count.is_some_and(|n| printed >= n) {
+                        // Best effort: the process exits right after either way.
+                        let _ = client.try_disconnect();
+                        return Ok(());
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("glimpse watch: {} : {e}; retrying in 1 s", args.url);
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AT: u64 = 1_700_000_000_123; // 22:13:20.123 UTC
+
+    fn human(topic: &str, payload: &str) -> Option<String> {
+        format_message("glimpse", topic, payload.as_bytes(), false, AT)
+    }
+
+    #[test]
+    fn formats_each_kind_for_humans() {
+        assert_eq!(
+            human("glimpse/cam1/availability", "online").unwrap(),
+            "22:13:20.123 cam1 availability online"
+        );
+        assert_eq!(
+            human(
+                "glimpse/cam1/prediction",
+                r#"{"device":"cam1","frame_id":7,"label":"daisy","score":0.875,"top_k":[],"captured_at_ms":1,"latency_ms":41.5}"#
+            )
+            .unwrap(),
+            "22:13:20.123 cam1 prediction daisy 0.88 (frame 7, 41.5 ms)"
+        );
+        assert_eq!(
+            human(
+                "glimpse/cam1/prediction",
+                r#"{"frame_id":8,"top_k":[],"imagenet_top_k":[{"label":"daisy","score":0.5}],"latency_ms":40.0}"#
+            )
+            .unwrap(),
+            "22:13:20.123 cam1 prediction imagenet: daisy 0.50 (frame 8, 40.0 ms)"
+        );
+        assert_eq!(
+            human("glimpse/cam1/state", r#"{"label":"roses","score":0.75}"#).unwrap(),
+            "22:13:20.123 cam1 state roses (0.75)"
+        );
+        assert_eq!(
+            human(
+                "glimpse/cam1/stats",
+                r#"{"fps_in":15.0,"fps_out":14.5,"frames_dropped":3,"broker_reconnects":1}"#
+            )
+            .unwrap(),
+            "22:13:20.123 cam1 stats fps 15.0/14.5 dropped 3 reconnects 1"
+        );
+        assert_eq!(
+            human("glimpse/cam1/ack", r#"{"ok":true}"#).unwrap(),
+            r#"22:13:20.123 cam1 ack {"ok":true}"#
+        );
+    }
+
+    #[test]
+    fn bad_payloads_and_foreign_topics() {
+        assert_eq!(
+            human("glimpse/cam1/state", "not json").unwrap(),
+            "22:13:20.123 cam1 state <not JSON, 8 bytes>"
+        );
+        assert_eq!(human("other/cam1/state", "{}"), None);
+        assert_eq!(human("glimpse/cam1/sample/x", "{}"), None);
+        let long = format!(r#"{{"text":"{}"}}"#, "x".repeat(500));
+        let line = human("glimpse/cam1/report", &long).unwrap();
+        assert!(line.ends_with('…') && line.chars().count() < 200, "{line}");
+    }
+
+    #[test]
+    fn json_output_wraps_the_payload() {
+        let line = format_message(
+            "glimpse",
+            "glimpse/cam1/state",
+            br#"{"label":"a"}"#,
+            true,
+            AT,
+        )
+        .unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            v,
+            json!({"topic": "glimpse/cam1/state", "device": "cam1", "kind": "state",
+                   "received_at_ms": AT, "payload": {"label": "a"}})
+        );
+        let line =
+            format_message("glimpse", "glimpse/cam1/availability", b"offline", true, AT).unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["payload"], "offline");
+    }
+
+    #[test]
+    fn filters_cover_the_watched_kinds() {
+        assert_eq!(
+            watch_filters("glimpse", "+"),
+            vec![
+                "glimpse/+/availability",
+                "glimpse/+/prediction",
+                "glimpse/+/state",
+                "glimpse/+/stats",
+                "glimpse/+/ack",
+                "glimpse/+/report"
+            ]
+        );
+    }
+}

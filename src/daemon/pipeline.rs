@@ -1,0 +1,378 @@
+//! The frame pipeline: capture -> decode (+ skip unchanged) -> preprocess -> backbone -> head,
+//! on three threads joined by newest-wins slots, so decoding the next frame overlaps inference of
+//! this one, a slow stage drops stale frames (counted) instead of queueing them, and memory stays
+//! flat however long the broker or a consumer is away. Predictions leave on a bounded channel.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use image::RgbImage;
+use tokio::sync::mpsc;
+
+use super::change::ChangeFilter;
+use super::meter::LatencyWindow;
+use super::slot::LatestSlot;
+use crate::learn::head::Head;
+use crate::mqtt::messages::Scored;
+use crate::source::{Frame, FrameData, FrameSource, HealthProbe};
+use crate::vision::backbone::Backbone;
+use crate::vision::decode::{decode_image, decode_raw, DecodeLimits, PixelFormat};
+use crate::vision::labels::{softmax, top_k};
+use crate::vision::preprocess::{PreprocessError, Preprocessor};
+use crate::vision::spec::ResizeMode;
+
+/// How long a waiting stage sleeps before re-checking the stop flag.
+const POLL: Duration = Duration::from_millis(200);
+/// Latency samples kept per stage for the stats medians.
+const WINDOW: usize = 256;
+
+/// A trained head with the version it is stored under.
+pub struct LoadedHead {
+    pub head: Head,
+    pub version: u64,
+}
+
+/// The head in use, swapped atomically by the trainer while frames keep flowing.
+pub type HeadCell = ArcSwapOption<LoadedHead>;
+
+/// Decodes what a source delivered into an RGB image.
+pub fn decode_frame(data: &FrameData, limits: &DecodeLimits) -> Result<RgbImage, PreprocessError> {
+    match data {
+        FrameData::Encoded(bytes) => decode_image(bytes, limits),
+        FrameData::Raw {
+            format,
+            width,
+            height,
+            bytes,
+        } => match format {
+            PixelFormat::Mjpeg => decode_image(bytes, limits),
+            _ => decode_raw(*format, *width, *height, bytes, limits),
+        },
+    }
+}
+
+/// What the pipeline hands to the publisher for each processed frame.
+#[derive(Debug, Clone)]
+pub struct PredictionEvent {
+    pub frame_id: u64,
+    pub captured_at: SystemTime,
+    /// Head label and score; `None` before a head is trained.
+    pub label: Option<String>,
+    pub score: Option<f32>,
+    pub top_k: Vec<Scored>,
+    /// ImageNet classes, given when no head is loaded (a first look at any scene).
+    pub imagenet_top_k: Option<Vec<Scored>>,
+    pub latency: Duration,
+    pub head_version: Option<u64>,
+    pub embedding: Vec<f32>,
+}
+
+/// Per-stage latency windows.
+#[derive(Debug)]
+pub struct StageWindows {
+    pub decode: LatencyWindow,
+    pub preprocess: LatencyWindow,
+    pub backbone: LatencyWindow,
+    pub head: LatencyWindow,
+    pub end_to_end: LatencyWindow,
+}
+
+/// Counters shared by the pipeline threads and the stats publisher.
+#[derive(Debug)]
+pub struct PipelineStats {
+    pub frames_in: AtomicU64,
+    pub frames_out: AtomicU64,
+    pub frames_skipped: AtomicU64,
+    pub decode_errors: AtomicU64,
+    /// Predictions the publisher could not take (its channel was full).
+    pub events_dropped: AtomicU64,
+    pub stages: Mutex<StageWindows>,
+    frame_slot_drops: AtomicU64,
+    tensor_slot_drops: AtomicU64,
+}
+
+impl Default for PipelineStats {
+    fn default() -> Self {
+        Self {
+            frames_in: AtomicU64::new(0),
+            frames_out: AtomicU64::new(0),
+            frames_skipped: AtomicU64::new(0),
+            decode_errors: AtomicU64::new(0),
+            events_dropped: AtomicU64::new(0),
+            stages: Mutex::new(StageWindows {
+                decode: LatencyWindow::new(WINDOW),
+                preprocess: LatencyWindow::new(WINDOW),
+                backbone: LatencyWindow::new(WINDOW),
+                head: LatencyWindow::new(WINDOW),
+                end_to_end: LatencyWindow::new(WINDOW),
+            }),
+            frame_slot_drops: AtomicU64::new(0),
+            tensor_slot_drops: AtomicU64::new(0),
+        }
+    }
+}
+
+impl PipelineStats {
+    /// Stale frames replaced before a stage could take them (the camera outran inference).
+    pub fn frames_dropped(&self) -> u64 {
+        self.frame_slot_drops.load(Ordering::Relaxed)
+            + self.tensor_slot_drops.load(Ordering::Relaxed)
+    }
+
+    fn with_stages(&self, f: impl FnOnce(&mut StageWindows)) {
+        let mut guard = self.stages.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard);
+    }
+}
+
+/// Everything the pipeline needs besides the source.
+#[derive(Clone)]
+pub struct PipelineSettings {
+    pub resize: ResizeMode,
+    pub limits: DecodeLimits,
+    pub skip_unchanged_below: f32,
+    pub top_k: usize,
+}
+
+/// A frame after decode + preprocess, waiting for the backbone.
+struct Prepared {
+    frame_id: u64,
+    captured_at: SystemTime,
+    tensor: Vec<f32>,
+}
+
+/// The running pipeline.
+pub struct Pipeline {
+    stop: Arc<AtomicBool>,
+    frames: Arc<LatestSlot<Frame>>,
+    tensors: Arc<LatestSlot<Prepared>>,
+    workers: Vec<JoinHandle<()>>,
+    pub stats: Arc<PipelineStats>,
+    pub health: HealthProbe,
+    /// Set when the source ended for good (a non-looping replay).
+    pub source_ended: Arc<AtomicBool>,
+}
+
+impl Pipeline {
+    /// Starts the three threads. Predictions go to `events`; a full channel drops (counted).
+    pub fn start(
+        mut source: Box<dyn FrameSource>,
+        backbone: Arc<Backbone>,
+        head: Arc<HeadCell>,
+        settings: PipelineSettings,
+        events: mpsc::Sender<PredictionEvent>,
+    ) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let frames = Arc::new(LatestSlot::new());
+        let tensors = Arc::new(LatestSlot::new());
+        let stats = Arc::new(PipelineStats::default());
+        let source_ended = Arc::new(AtomicBool::new(false));
+        let health = source.health_probe();
+
+        // Capture: owns the source. Not joined at stop: a camera read may block for a while,
+        // and the process is about to exit anyway; it notices the stop flag on its next frame.
+        {
+            let (stop, frames, stats, ended) = (
+                stop.clone(),
+                frames.clone(),
+                stats.clone(),
+                source_ended.clone(),
+            );
+            std::thread::Builder::new()
+                .name("capture".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        match source.next_frame() {
+                            Ok(Some(frame)) => {
+                                stats.frames_in.fetch_add(1, Ordering::Relaxed);
+                                if frames.put(frame) {
+                                    stats.frame_slot_drops.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                            Ok(None) => {
+                                log::info!("source {} ended", source.describe());
+                                ended.store(true, Ordering::Relaxed);
+                                break;
+                            }
+                            Err(err) => {
+                                log::error!("source {}: {err}", source.describe());
+                                ended.store(true, Ordering::Relaxed);
+                                break;
+                            }
+                        }
+                    }
+                    frames.close();
+                })?;
+        }
+
+        let decode_worker = {
+            let (stop, frames, tensors, stats) =
+                (stop.clone(), frames.clone(), tensors.clone(), stats.clone());
+            let settings = settings.clone();
+            let mut preprocessor = Preprocessor::new(backbone.input_spec(), settings.resize);
+            let mut change = ChangeFilter::new(settings.skip_unchanged_below);
+            std::thread::Builder::new()
+                .name("decode".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let Some(frame) = frames.take_timeout(POLL) else {
+                            if frames.is_closed() {
+                                break;
+                            }
+                            continue;
+                        };
+                        let started = Instant::now();
+                        let image = match decode_frame(&frame.data, &settings.limits) {
+                            Ok(image) => image,
+                            Err(err) => {
+                                stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+                                log::warn!("frame {}: {err}", frame.id);
+                                continue;
+                            }
+                        };
+                        let decoded = Instant::now();
+                        if !change.should_process(&image) {
+                            stats.frames_skipped.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        let mut tensor = Vec::new();
+                        if let Err(err) = preprocessor.run(&image, &mut tensor) {
+                            stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+                            log::warn!("frame {}: {err}", frame.id);
+                            continue;
+                        }
+                        let done = Instant::now();
+                        stats.with_stages(|s| {
+                            s.decode.record(decoded - started);
+                            s.preprocess.record(done - decoded);
+                        });
+                        let prepared = Prepared {
+                            frame_id: frame.id,
+                            captured_at: frame.captured_at,
+                            tensor,
+                        };
+                        if tensors.put(prepared) {
+                            stats.tensor_slot_drops.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    tensors.close();
+                })?
+        };
+
+        let infer_worker = {
+            let (stop, tensors, stats) = (stop.clone(), tensors.clone(), stats.clone());
+            std::thread::Builder::new()
+                .name("infer".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let Some(prepared) = tensors.take_timeout(POLL) else {
+                            if tensors.is_closed() {
+                                break;
+                            }
+                            continue;
+                        };
+                        let event = match infer(&backbone, &head, &settings, &stats, prepared) {
+                            Ok(event) => event,
+                            Err(err) => {
+                                log::error!("inference failed: {err}");
+                                continue;
+                            }
+                        };
+                        stats.frames_out.fetch_add(1, Ordering::Relaxed);
+                        if events.try_send(event).is_err() {
+                            stats.events_dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })?
+        };
+
+        Ok(Self {
+            stop,
+            frames,
+            tensors,
+            workers: vec![decode_worker, infer_worker],
+            stats,
+            health,
+            source_ended,
+        })
+    }
+
+    /// Stops the pipeline and waits for the decode and inference threads (at most one frame).
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.frames.close();
+        self.tensors.close();
+        for worker in self.workers {
+            let _ = worker.join();
+        }
+    }
+}
+
+fn to_scored(pairs: Vec<(usize, f32)>, name: impl Fn(usize) -> String) -> Vec<Scored> {
+    pairs
+        .into_iter()
+        .map(|(index, score)| Scored {
+            label: name(index),
+            score,
+        })
+        .collect()
+}
+
+fn infer(
+    backbone: &Backbone,
+    head: &HeadCell,
+    settings: &PipelineSettings,
+    stats: &PipelineStats,
+    prepared: Prepared,
+) -> Result<PredictionEvent, Box<dyn std::error::Error + Send + Sync>> {
+    let started = Instant::now();
+    let output = backbone.run(&prepared.tensor)?;
+    let inferred = Instant::now();
+    let current = head.load_full();
+    let (label, score, top, imagenet_top_k, head_version) = match current.as_deref() {
+        Some(loaded) => {
+            let probs = loaded.head.predict(&output.embedding)?;
+            let classes = loaded.head.classes();
+            let top = to_scored(top_k(&probs, settings.top_k), |i| classes[i].clone());
+            let (label, score) = top
+                .first()
+                .map(|s| (Some(s.label.clone()), Some(s.score)))
+                .unwrap_or((None, None));
+            (label, score, top, None, Some(loaded.version))
+        }
+        None => {
+            let imagenet = match (&output.logits, backbone.labels()) {
+                (Some(logits), Some(labels)) => {
+                    Some(to_scored(top_k(&softmax(logits), settings.top_k), |i| {
+                        labels.name(i).unwrap_or("?").to_string()
+                    }))
+                }
+                _ => None,
+            };
+            (None, None, Vec::new(), imagenet, None)
+        }
+    };
+    let finished = Instant::now();
+    let latency = SystemTime::now()
+        .duration_since(prepared.captured_at)
+        .unwrap_or_default();
+    stats.with_stages(|s| {
+        s.backbone.record(inferred - started);
+        s.head.record(finished - inferred);
+        s.end_to_end.record(latency);
+    });
+    Ok(PredictionEvent {
+        frame_id: prepared.frame_id,
+        captured_at: prepared.captured_at,
+        label,
+        score,
+        top_k: top,
+        imagenet_top_k,
+        latency,
+        head_version,
+        embedding: output.embedding,
+    })
+}

@@ -1,0 +1,678 @@
+//! `MqttLink`: the one connection to the broker, over rumqttc's `AsyncClient` + `EventLoop`.
+//!
+//! Two tokio tasks:
+//! - the *poll task* owns the `EventLoop` and polls it forever (rumqttc only makes progress,
+//!   pings and reconnects while polled). On an error it logs, counts, sleeps a capped jittered
+//!   backoff and polls again, which reconnects. Incoming publishes are parsed against the topic
+//!   grammar and handed to the daemon on a bounded mpsc channel (dropped and counted if the
+//!   daemon lags: the event loop must never block).
+//! - the *pump task* greets every new connection (retained `online`, re-subscribe; the session may
+//!   be gone after a broker restart) and then moves messages from our outbox into the client.
+//!
+//! The outbox is a bounded ring: [`MqttLink::publish`] never blocks and never fails because the
+//! broker is away; when full, the oldest message is dropped and counted. rumqttc's own buffers are
+//! bounded too: a small request channel, and its `pending` replay list is trimmed to
+//! `outbox_capacity` after each connection error. So memory stays bounded however long the broker
+//! is down.
+//!
+//! The last will is `offline` (retained): the broker publishes it if we vanish. A clean
+//! [`MqttLink::shutdown`] publishes `stopped` and disconnects, so the will is not sent.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use log::{debug, info, warn};
+use rand::{Rng, SeedableRng};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Packet, QoS,
+    TlsConfiguration, Transport,
+};
+use serde::Serialize;
+use thiserror::Error;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
+
+use super::backoff::Backoff;
+use super::config::{read_bytes, MqttConfig, MqttConfigError, Scheme, SYSTEM_CA_BUNDLE};
+use super::messages::Availability;
+use super::topics::{Incoming, Outgoing, TopicError, Topics};
+
+/// Incoming messages waiting for the daemon. Small because each may be a multi-MiB image.
+pub const INCOMING_CAPACITY: usize = 16;
+/// rumqttc's request channel; our outbox does the real buffering.
+const REQUEST_CHANNEL_CAPACITY: usize = 16;
+const BACKOFF_BASE: Duration = Duration::from_millis(250);
+/// Up to half of each reconnect delay is random, to spread a fleet's reconnects.
+const BACKOFF_JITTER: f64 = 0.5;
+/// How long `shutdown` waits for each step (drain, disconnect) before giving up.
+const SHUTDOWN_STEP: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Error)]
+pub enum LinkError {
+    #[error(transparent)]
+    Config(#[from] MqttConfigError),
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+    #[error("mqtt message for {topic} is {size} bytes, over mqtt.max_packet_bytes = {max}")]
+    TooLarge {
+        topic: String,
+        size: usize,
+        max: usize,
+    },
+    #[error("mqtt link is shutting down; message for {topic} not sent")]
+    Closing { topic: String },
+    #[error("cannot encode the {kind} payload as JSON: {source}")]
+    Json {
+        kind: &'static str,
+        source: serde_json::Error,
+    },
+    #[error("mqtt link must be started inside a tokio runtime")]
+    NoRuntime,
+}
+
+/// A message from the broker on one of our subscriptions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Received {
+    pub topic: String,
+    pub incoming: Incoming,
+    pub payload: Vec<u8>,
+}
+
+/// A snapshot of the link's counters (all since start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LinkCounters {
+    pub connected: bool,
+    /// Successful connections (ConnAck received), the first included.
+    pub connections: u64,
+    /// Successful connections after the first: how often the link came back.
+    pub reconnects: u64,
+    /// Poll errors: lost connections plus failed connection attempts.
+    pub connection_errors: u64,
+    /// Outgoing messages dropped because the outbox (or rumqttc's replay list) was full.
+    pub dropped_outgoing: u64,
+    /// Incoming messages dropped because the daemon's channel was full or closed.
+    pub dropped_incoming: u64,
+    /// Incoming messages whose topic did not parse.
+    pub rejected_incoming: u64,
+    /// Messages waiting in the outbox now (never above `outbox_capacity`).
+    pub queued: usize,
+    /// Messages held by rumqttc for replay after the last connection error.
+    pub replay_pending: usize,
+}
+
+#[derive(Debug)]
+struct OutMessage {
+    topic: String,
+    payload: Vec<u8>,
+    retain: bool,
+}
+
+/// The bounded outbox plus counters, shared by the handle and the two tasks.
+#[derive(Debug)]
+struct Shared {
+    outbox: Mutex<VecDeque<OutMessage>>,
+    capacity: usize,
+    wake_pump: Notify,
+    closing: AtomicBool,
+    connected: AtomicBool,
+    connections: AtomicU64,
+    connection_errors: AtomicU64,
+    dropped_outgoing: AtomicU64,
+    dropped_incoming: AtomicU64,
+    rejected_incoming: AtomicU64,
+    replay_pending: AtomicUsize,
+}
+
+impl Shared {
+    fn new(capacity: usize) -> Shared {
+        Shared {
+            outbox: Mutex::new(VecDeque::with_capacity(capacity.min(1024))),
+            capacity,
+            wake_pump: Notify::new(),
+            closing: AtomicBool::new(false),
+            connected: AtomicBool::new(false),
+            connections: AtomicU64::new(0),
+            connection_errors: AtomicU64::new(0),
+            dropped_outgoing: AtomicU64::new(0),
+            dropped_incoming: AtomicU64::new(0),
+            rejected_incoming: AtomicU64::new(0),
+            replay_pending: AtomicUsize::new(0),
+        }
+    }
+
+    /// The queue holds plain data; a panic elsewhere while holding the lock cannot leave it
+    /// inconsistent, so a poisoned lock is used as is.
+    fn outbox(&self) -> MutexGuard<'_, VecDeque<OutMessage>> {
+        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, message: OutMessage) {
+        {
+            let mut queue = self.outbox();
+            while queue.len() >= self.capacity {
+                queue.pop_front();
+                self.dropped_outgoing.fetch_add(1, Ordering::Relaxed);
+            }
+            queue.push_back(message);
+        }
+        self.wake_pump.notify_one();
+    }
+
+    fn pop(&self) -> Option<OutMessage> {
+        self.outbox().pop_front()
+    }
+
+    fn counters(&self) -> LinkCounters {
+        let connections = self.connections.load(Ordering::Relaxed);
+        LinkCounters {
+            connected: self.connected.load(Ordering::Relaxed),
+            connections,
+            reconnects: connections.saturating_sub(1),
+            connection_errors: self.connection_errors.load(Ordering::Relaxed),
+            dropped_outgoing: self.dropped_outgoing.load(Ordering::Relaxed),
+            dropped_incoming: self.dropped_incoming.load(Ordering::Relaxed),
+            rejected_incoming: self.rejected_incoming.load(Ordering::Relaxed),
+            queued: self.outbox().len(),
+            replay_pending: self.replay_pending.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The size of a v3.1.1 PUBLISH packet on the wire (what rumqttc checks against its limit).
+pub fn publish_packet_size(topic: &str, payload_len: usize, qos: QoS) -> usize {
+    let packet_id = if qos == QoS::AtMostOnce { 0 } else { 2 };
+    let remaining = 2 + topic.len() + packet_id + payload_len;
+    let remaining_len_bytes = match remaining {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
+    1 + remaining_len_bytes + remaining
+}
+
+/// `0|1|2` to rumqttc's QoS (validation guarantees the range; anything else is 1).
+pub fn qos_from(level: u8) -> QoS {
+    match level {
+        0 => QoS::AtMostOnce,
+        2 => QoS::ExactlyOnce,
+        _ => QoS::AtLeastOnce,
+    }
+}
+
+/// Builds rumqttc's options from a validated config: identity, persistent session, will,
+/// packet limits, credentials and TLS files (read here, so a missing file fails at start with
+/// its key and path rather than on every reconnect).
+pub fn mqtt_options(config: &MqttConfig, topics: &Topics) -> Result<MqttOptions, LinkError> {
+    let broker = config.broker()?;
+    let mut options = MqttOptions::new(config.client_id(), broker.host.clone(), broker.port);
+    // A persistent session keeps our subscriptions and queues QoS 1 samples while we are away;
+    // it needs the stable client id `validate` guarantees is not empty.
+    options.set_clean_session(false);
+    options.set_keep_alive(Duration::from_secs(config.keepalive_s));
+    // rumqttc defaults to 10 KiB both ways, which would drop every image sample.
+    options.set_max_packet_size(config.max_packet_bytes, config.max_packet_bytes);
+    options.set_request_channel_capacity(REQUEST_CHANNEL_CAPACITY);
+    options.set_last_will(LastWill::new(
+        topics.availability(),
+        Availability::Offline.as_str(),
+        qos_from(config.qos),
+        true,
+    ));
+    if let Some(username) = &config.username {
+        let password = config.password()?;
+        options.set_credentials(
+            username.clone(),
+            password.as_ref().map(|p| p.expose()).unwrap_or(""),
+        );
+    }
+    if broker.scheme == Scheme::Mqtts {
+        let ca = match &config.ca_file {
+            Some(path) => read_bytes("ca_file", path)?,
+            None => read_bytes("ca_file", SYSTEM_CA_BUNDLE.as_ref())?,
+        };
+        let client_auth = match (&config.client_cert, &config.client_key) {
+            (Some(cert), Some(key)) => Some((
+                read_bytes("client_cert", cert)?,
+                read_bytes("client_key", key)?,
+            )),
+            _ => None,
+        };
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
+            ca,
+            alpn: None,
+            client_auth,
+        }));
+    }
+    Ok(options)
+}
+
+/// The handle the daemon holds. Dropping it without [`MqttLink::shutdown`] aborts nothing: the
+/// tasks end when the runtime does, and the broker then sends the `offline` will.
+pub struct MqttLink {
+    client: AsyncClient,
+    topics: Topics,
+    qos: QoS,
+    max_packet_bytes: usize,
+    shared: Arc<Shared>,
+    poll_task: JoinHandle<()>,
+    pump_task: JoinHandle<()>,
+}
+
+impl MqttLink {
+    /// Validates the config, builds the options and starts both tasks (inside the current tokio
+    /// runtime). Returns at once; the connection is made in the background and retried forever.
+    pub fn start(config: &MqttConfig) -> Result<(MqttLink, mpsc::Receiver<Received>), LinkError> {
+        config.validate()?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| LinkError::NoRuntime)?;
+        let topics = config.topics()?;
+        let options = mqtt_options(config, &topics)?;
+        let (client, eventloop) = AsyncClient::new(options, REQUEST_CHANNEL_CAPACITY);
+        let shared = Arc::new(Shared::new(config.outbox_capacity));
+        let (incoming_tx, incoming_rx) = mpsc::channel(INCOMING_CAPACITY);
+        let (generation_tx, generation_rx) = watch::channel(0u64);
+        let qos = qos_from(config.qos);
+        let poll = PollTask {
+            eventloop,
+            shared: Arc::clone(&shared),
+            incoming: incoming_tx,
+            topics: topics.clone(),
+            generation: generation_tx,
+            backoff: Backoff::new(
+                BACKOFF_BASE,
+                Duration::from_secs(config.reconnect_backoff_max_s),
+                BACKOFF_JITTER,
+            ),
+            broker: format!("{} as {}", config.url, config.client_id()),
+        };
+        let poll_task = runtime.spawn(poll.run());
+        let pump_task = runtime.spawn(run_pump(
+            client.clone(),
+            Arc::clone(&shared),
+            generation_rx,
+            topics.clone(),
+            qos,
+        ));
+        Ok((
+            MqttLink {
+                client,
+                topics,
+                qos,
+                max_packet_bytes: config.max_packet_bytes,
+                shared,
+                poll_task,
+                pump_task,
+            },
+            incoming_rx,
+        ))
+    }
+
+    pub fn topics(&self) -> &Topics {
+        &self.topics
+    }
+
+    pub fn counters(&self) -> LinkCounters {
+        self.shared.counters()
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.shared.connected.load(Ordering::Relaxed)
+    }
+
+    /// Queues a message for any topic. Never blocks; while the broker is away the message waits
+    /// in the outbox (the oldest is dropped when full). Refused only if it can never be sent
+    /// (over the packet limit: rumqttc would drop the whole connection for it) or during shutdown.
+    pub fn publish(
+        &self,
+        topic: impl Into<String>,
+        payload: impl Into<Vec<u8>>,
+        retain: bool,
+    ) -> Result<(), LinkError> {
+        let topic = topic.into();
+        if self.shared.closing.load(Ordering::Relaxed) {
+            return Err(LinkError::Closing { topic });
+        }
+        let payload = payload.into();
+        let size = publish_packet_size(&topic, payload.len(), self.qos);
+        if size > self.max_packet_bytes {
+            return Err(LinkError::TooLarge {
+                topic,
+                size,
+                max: self.max_packet_bytes,
+            });
+        }
+        self.shared.push(OutMessage {
+            topic,
+            payload,
+            retain,
+        });
+        Ok(())
+    }
+
+    /// Queues a payload on one of the device's outgoing topics, retained as the grammar says.
+    pub fn publish_to(&self, kind: Outgoing, payload: impl Into<Vec<u8>>) -> Result<(), LinkError> {
+        self.publish(self.topics.outgoing(kind), payload, kind.retained())
+    }
+
+    /// Serializes `value` to JSON and queues it on `kind`'s topic.
+    pub fn publish_json<T: Serialize>(&self, kind: Outgoing, value: &T) -> Result<(), LinkError> {
+        let payload = serde_json::to_vec(value).map_err(|source| LinkError::Json {
+            kind: kind.suffix(),
+            source,
+        })?;
+        self.publish_to(kind, payload)
+    }
+
+    /// Sends what is queued (briefly), publishes `stopped` (retained) and disconnects cleanly,
+    /// so the broker does not send the `offline` will. Bounded in time: if the broker is away,
+    /// the queue is abandoned and the tasks are stopped.
+    pub async fn shutdown(self) {
+        self.shared.closing.store(true, Ordering::Relaxed);
+        let drained = tokio::time::timeout(SHUTDOWN_STEP, async {
+            while self.shared.connected.load(Ordering::Relaxed) && self.shared.counters().queued > 0
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            warn!("mqtt shutdown: outbox not drained in {SHUTDOWN_STEP:?}; abandoning it");
+        }
+        self.pump_task.abort();
+        if self.shared.connected.load(Ordering::Relaxed) {
+            let sent = tokio::time::timeout(SHUTDOWN_STEP, async {
+                self.client
+                    .publish(
+                        self.topics.availability(),
+                        self.qos,
+                        true,
+                        Availability::Stopped.as_str(),
+                    )
+                    .await?;
+                self.client.disconnect().await
+            })
+            .await;
+            match sent {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!("mqtt shutdown: cannot queue stopped/disconnect: {e}"),
+                Err(_) => warn!("mqtt shutdown: request channel full for {SHUTDOWN_STEP:?}"),
+            }
+            let mut poll_task = self.poll_task;
+            if tokio::time::timeout(SHUTDOWN_STEP, &mut poll_task)
+                .await
+                .is_err()
+            {
+                warn!("mqtt shutdown: no clean disconnect within {SHUTDOWN_STEP:?}");
+                poll_task.abort();
+            }
+        } else {
+            info!("mqtt shutdown: broker not connected; `stopped` not published");
+            self.poll_task.abort();
+        }
+    }
+}
+
+/// The event loop owner; see the module doc.
+struct PollTask {
+    eventloop: EventLoop,
+    shared: Arc<Shared>,
+    incoming: mpsc::Sender<Received>,
+    topics: Topics,
+    /// Bumped on every ConnAck so the pump greets each new connection once.
+    generation: watch::Sender<u64>,
+    backoff: Backoff,
+    /// `url as client_id`, for log lines (never the password).
+    broker: String,
+}
+
+impl PollTask {
+    async fn run(mut self) {
+        let mut rng = rand::rngs::StdRng::from_entropy();
+        loop {
+            match self.eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    self.backoff.reset();
+                    self.shared.connected.store(true, Ordering::Relaxed);
+                    self.shared.connections.fetch_add(1, Ordering::Relaxed);
+                    self.shared.replay_pending.store(0, Ordering::Relaxed);
+                    info!(
+                        "mqtt connected to {} (session present: {})",
+                        self.broker, ack.session_present
+                    );
+                    self.generation.send_modify(|g| *g += 1);
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    self.deliver(publish.topic, publish.payload.to_vec());
+                }
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+                    if self.shared.closing.load(Ordering::Relaxed) {
+                        self.shared.connected.store(false, Ordering::Relaxed);
+                        debug!("mqtt disconnected cleanly from {}", self.broker);
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => self.on_error(error, rng.gen::<f64>()).await,
+            }
+        }
+    }
+
+    fn deliver(&self, topic: String, payload: Vec<u8>) {
+        let incoming = match self.topics.parse_incoming(&topic) {
+            Ok(incoming) => incoming,
+            Err(e) => {
+                self.shared
+                    .rejected_incoming
+                    .fetch_add(1, Ordering::Relaxed);
+                warn!("mqtt: ignoring message: {e}");
+                return;
+            }
+        };
+        let received = Received {
+            topic,
+            incoming,
+            payload,
+        };
+        if let Err(e) = self.incoming.try_send(received) {
+            self.shared.dropped_incoming.fetch_add(1, Ordering::Relaxed);
+            let (why, topic) = match e {
+                mpsc::error::TrySendError::Full(r) => ("daemon is behind", r.topic),
+                mpsc::error::TrySendError::Closed(r) => ("nobody is listening", r.topic),
+            };
+            warn!("mqtt: dropped incoming message on {topic}: {why}");
+        }
+    }
+
+    async fn on_error(&mut self, error: ConnectionError, random: f64) {
+        let was_connected = self.shared.connected.swap(false, Ordering::Relaxed);
+        self.shared
+            .connection_errors
+            .fetch_add(1, Ordering::Relaxed);
+        // rumqttc moves unacked and queued requests into `pending` for replay; trim it so a
+        // flapping broker cannot grow it without bound (the newest messages are kept).
+        let pending = &mut self.eventloop.pending;
+        let capacity = self.shared.capacity;
+        if pending.len() > capacity {
+            let excess = pending.len() - capacity;
+            pending.drain(..excess);
+            self.shared
+                .dropped_outgoing
+                .fetch_add(excess as u64, Ordering::Relaxed);
+        }
+        self.shared
+            .replay_pending
+            .store(pending.len(), Ordering::Relaxed);
+        let delay = self.backoff.next_delay(random);
+        if was_connected {
+            warn!(
+                "mqtt connection to {} lost: {error}; reconnecting in {delay:.1?}",
+                self.broker
+            );
+        } else {
+            warn!(
+                "mqtt cannot connect to {} (attempt {}): {error}; retrying in {delay:.1?}",
+                self.broker,
+                self.backoff.attempts()
+            );
+        }
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Greets each new connection, then drains the outbox while connected.
+async fn run_pump(
+    client: AsyncClient,
+    shared: Arc<Shared>,
+    mut generation: watch::Receiver<u64>,
+    topics: Topics,
+    qos: QoS,
+) {
+    let mut greeted = 0u64;
+    loop {
+        let current = *generation.borrow_and_update();
+        if current == greeted {
+            if generation.changed().await.is_err() {
+                return; // the poll task is gone
+            }
+            continue;
+        }
+        greeted = current;
+        // Errors below mean rumqttc's request channel is closed: the event loop is gone.
+        let online = client
+            .publish(
+                topics.availability(),
+                qos,
+                true,
+                Availability::Online.as_str(),
+            )
+            .await;
+        let subscribed = client
+            .subscribe_many(
+                topics
+                    .subscriptions()
+                    .into_iter()
+                    .map(|filter| rumqttc::SubscribeFilter::new(filter, qos)),
+            )
+            .await;
+        if online.is_err() || subscribed.is_err() {
+            return;
+        }
+        loop {
+            if !shared.connected.load(Ordering::Relaxed) || *generation.borrow() != greeted {
+                break;
+            }
+            match shared.pop() {
+                Some(m) => {
+                    if client
+                        .publish(m.topic, qos, m.retain, m.payload)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                None => {
+                    tokio::select! {
+                        _ = shared.wake_pump.notified() => {}
+                        changed = generation.changed() => if changed.is_err() { return },
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packet_size_matches_rumqttc() {
+        for (topic, len, qos) in [
+            ("a", 0, QoS::AtMostOnce),
+            ("glimpse/cam1/prediction", 100, QoS::AtLeastOnce),
+            ("glimpse/cam1/sample/daisy", 16_000, QoS::AtLeastOnce),
+            ("t", 2_000_000, QoS::ExactlyOnce),
+            ("t", 3_000_000, QoS::AtLeastOnce),
+        ] {
+            let mut publish = rumqttc::Publish::new(topic, qos, vec![0u8; len]);
+            // rumqttc counts the packet id only once one is assigned (on the wire it always is).
+            publish.pkid = 1;
+            let reference = publish.size();
+            assert_eq!(
+                publish_packet_size(topic, len, qos),
+                reference,
+                "{topic} {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn outbox_drops_the_oldest_when_full() {
+        let shared = Shared::new(3);
+        for i in 0..5u8 {
+            shared.push(OutMessage {
+                topic: format!("t/{i}"),
+                payload: vec![i],
+                retain: false,
+            });
+        }
+        let c = shared.counters();
+        assert_eq!((c.queued, c.dropped_outgoing), (3, 2));
+        let kept: Vec<String> = std::iter::from_fn(|| shared.pop())
+            .map(|m| m.topic)
+            .collect();
+        assert_eq!(kept, vec!["t/2", "t/3", "t/4"]);
+    }
+
+    #[test]
+    fn options_carry_identity_will_and_limits() {
+        let config = MqttConfig {
+            device_id: "cam1".into(),
+            url: "mqtt://broker.lan:1999".into(),
+            max_packet_bytes: 4 * 1024 * 1024,
+            ..MqttConfig::default()
+        };
+        let topics = config.topics().unwrap();
+        let options = mqtt_options(&config, &topics).unwrap();
+        assert_eq!(options.client_id(), "glimpse-cam1");
+        assert_eq!(options.broker_address(), ("broker.lan".to_string(), 1999));
+        assert!(!options.clean_session());
+        assert_eq!(options.max_packet_size(), 4 * 1024 * 1024);
+        let will = options.last_will().unwrap();
+        assert_eq!(will.topic, "glimpse/cam1/availability");
+        assert_eq!(&will.message[..], b"offline");
+        assert!(will.retain);
+        assert!(options.credentials().is_none());
+    }
+
+    #[test]
+    fn tls_files_are_read_at_start_and_named_when_missing() {
+        let config = MqttConfig {
+            device_id: "cam1".into(),
+            url: "mqtts://broker.lan".into(),
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..MqttConfig::default()
+        };
+        let topics = config.topics().unwrap();
+        let err = mqtt_options(&config, &topics).unwrap_err().to_string();
+        assert!(
+            err.contains("mqtt.ca_file") && err.contains("/nonexistent/ca.pem"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn start_outside_a_runtime_is_an_error() {
+        let config = MqttConfig {
+            device_id: "cam1".into(),
+            ..MqttConfig::default()
+        };
+        assert!(matches!(
+            MqttLink::start(&config),
+            Err(LinkError::NoRuntime)
+        ));
+    }
+}
