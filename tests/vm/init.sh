@@ -148,10 +148,10 @@ $GLIMPSE --format auto --until-frames-after-reconnect "$RECONNECT_FRAMES" \
     >/tmp/unplug.out 2>/tmp/unplug.err &
 pid=$!
 unplug_ok=1
-if wait_for_lines /tmp/unplug.out '"frame_id"' 2 "$CAPTURE_TIMEOUT" "$pid"; then
+if wait_for_lines /tmp/unplug.out '"frame_id"' "$STREAMING_FRAMES" "$CAPTURE_TIMEOUT" "$pid"; then
     step "unplug:streaming" ok
 else
-    step "unplug:streaming" fail "glimpse printed no 2 frames (or exited) before the unplug"
+    step "unplug:streaming" fail "glimpse printed no $STREAMING_FRAMES frame(s) (or exited) before the unplug"
     unplug_ok=0
 fi
 if [ "$unplug_ok" = 1 ]; then

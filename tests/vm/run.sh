@@ -16,7 +16,7 @@
 #
 # Environment (all optional):
 #   GLIMPSE_VM_CACHE    download/extract cache         (default: <repo>/target/vm-cache)
-#   GLIMPSE_VM_TIMEOUT  seconds before qemu is killed  (default: 290)
+#   GLIMPSE_VM_TIMEOUT  seconds before qemu is killed  (default: 420; a run takes 2-4 minutes)
 #   GLIMPSE_VM_KERNEL   kernel package to use          (default: what linux-image-amd64 depends on)
 #   GLIMPSE_VM_FRAMES   frames of the YUYV run         (default: 5)
 #   GLIMPSE_VM_SMP      virtual CPUs                   (default: 2)
@@ -30,7 +30,7 @@ here="$repo/tests/vm"
 shared="$repo/../shared"
 glimpse_bin=${1:-$repo/target/debug/glimpse}
 cache=${GLIMPSE_VM_CACHE:-$repo/target/vm-cache}
-timeout_s=${GLIMPSE_VM_TIMEOUT:-290}
+timeout_s=${GLIMPSE_VM_TIMEOUT:-420}
 smp=${GLIMPSE_VM_SMP:-2}
 # A CPU model without AVX/FMA: qemu 7.2's TCG emulates those so slowly that one MobileNetV2
 # inference took 75 s with `-cpu max` (tract picks its FMA kernels) against 5 s here (SSE kernels).
@@ -190,9 +190,10 @@ VIVID_PARAMS="n_devs=1 node_types=0x1 num_inputs=1 input_types=0x0"
 DISCONNECT_CONTROL=disconnect
 MODEL_MANIFEST=$(basename "$model_manifest")
 FRAMES=${GLIMPSE_VM_FRAMES:-5}
-FALLBACK_FRAMES=3
-RECONNECT_FRAMES=3
-CAPTURE_TIMEOUT=120
+FALLBACK_FRAMES=2
+RECONNECT_FRAMES=2
+STREAMING_FRAMES=1
+CAPTURE_TIMEOUT=180
 ABSENT_SECONDS=3
 EOF
 
