@@ -111,7 +111,12 @@ fn glimpse(args: &[&str]) -> Command {
             command.env_remove(key);
         }
     }
-    for key in ["RUST_LOG", "JOURNAL_STREAM", "NOTIFY_SOCKET", "WATCHDOG_USEC"] {
+    for key in [
+        "RUST_LOG",
+        "JOURNAL_STREAM",
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+    ] {
         command.env_remove(key);
     }
     command
@@ -254,10 +259,10 @@ fn dir_source_predictions_match_classify_json() {
     let broker = Mosquitto::start();
     let sub = Subscriber::connect(broker.port(), &["glimpse/#"]);
     let setup = Setup::new();
-    // A slow paced replay, so no frame is dropped by the newest-wins hand-offs even on a busy
-    // machine; the source ends after one pass and the daemon exits by itself.
+    // An unpaced replay is read only as fast as the pipeline consumes it, so no frame may be
+    // dropped however busy the machine; the source ends after one pass and the daemon exits.
     let source = format!(
-        "uri = 'dir:{}'\nreplay_fps = 3.0\nreplay_loop = false",
+        "uri = 'dir:{}'\nreplay_fps = 0.0\nreplay_loop = false",
         imagenet_dir().display()
     );
     let config = setup.config(&broker.url(), "dirtest", &source, "");
@@ -519,6 +524,14 @@ fn config_errors_exit_2_and_name_the_key_or_file() {
             setup.path("nope.toml").display().to_string(),
         ),
         (
+            "missing manifest (key)",
+            good_text.replace(
+                &manifest_line,
+                &format!("manifest = {}", lit(&setup.path("nope.toml"))),
+            ),
+            "model.manifest".into(),
+        ),
+        (
             "missing model file",
             good_text.replace(
                 &manifest_line,
@@ -621,7 +634,7 @@ fn on_change_policy_publishes_retained_state_only_on_change() {
         std::fs::copy(src.join(from), images.join(name)).expect("copy a test image");
     }
     let source = format!(
-        "uri = 'dir:{}'\nreplay_fps = 3.0\nreplay_loop = false",
+        "uri = 'dir:{}'\nreplay_fps = 0.0\nreplay_loop = false",
         images.display()
     );
     let extra = "[mqtt.publish]\nmode = 'on_change'\nsmoothing_frames = 1";
@@ -649,8 +662,14 @@ fn on_change_policy_publishes_retained_state_only_on_change() {
         .collect();
     assert_eq!(ids, [0, 2], "only the frames that changed the state");
     assert_eq!(states.len(), 2, "{states:?}");
-    assert_eq!(states[0]["label"].as_str(), Some(imagenet_top1(&predictions[0]).as_str()));
-    assert_eq!(states[1]["label"].as_str(), Some(imagenet_top1(&predictions[1]).as_str()));
+    assert_eq!(
+        states[0]["label"].as_str(),
+        Some(imagenet_top1(&predictions[0]).as_str())
+    );
+    assert_eq!(
+        states[1]["label"].as_str(),
+        Some(imagenet_top1(&predictions[1]).as_str())
+    );
     assert_ne!(states[0]["label"], states[1]["label"]);
 
     let late = Subscriber::connect(broker.port(), &["glimpse/policy/state"]);
