@@ -2,6 +2,9 @@
 //! resize + normalize, backbone, head) over N runs of one 640x480 JPEG, images per second, peak
 //! RSS, for each requested thread count, plus the time to train a head on 3,000 x 1280
 //! embeddings. Quote medians; compare ratios within one run (shared machines are noisy).
+//! `--pipeline` measures the daemon's whole frame pipeline instead (see `pipeline.rs`).
+
+mod pipeline;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -38,6 +41,20 @@ pub struct BenchArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+    /// Run the daemon's real frame pipeline (threads, hand-offs) on an unpaced looping replay of
+    /// synthetic 640x480 JPEGs, without MQTT, and report sustained predictions/s against the
+    /// backbone's own speed, frames dropped and peak RSS.
+    #[arg(long)]
+    pub pipeline: bool,
+    /// --pipeline: seconds measured (after 1 s of warm-up).
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// --pipeline: backbone threads.
+    #[arg(long, default_value_t = 2)]
+    pub pipeline_threads: usize,
+    /// --pipeline: synthetic JPEGs in the replayed folder.
+    #[arg(long, default_value_t = 8)]
+    pub pipeline_images: usize,
 }
 
 /// Median and 95th percentile of one stage, in milliseconds.
@@ -154,6 +171,9 @@ fn bench_training(samples: usize, dim: usize) -> anyhow::Result<(TrainResult, He
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    if args.pipeline {
+        return pipeline::run(args);
+    }
     let backbone = args.model.load_backbone()?;
     let (bytes, image_name) = match &args.image {
         Some(path) => (

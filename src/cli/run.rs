@@ -50,7 +50,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
 pub fn check(args: &RunArgs) -> anyhow::Result<()> {
     let config = load_config(args)?;
     let manifest = crate::vision::manifest::ModelManifest::load(&config.model.manifest)
-        .map_err(|e| ConfigError(e.to_string()))?;
+        .map_err(|e| ConfigError(format!("model.manifest: {e}")))?;
     if !manifest.model_path().exists() {
         return Err(ConfigError(format!(
             "model.manifest {}: model file {} does not exist (glimpse fetch-model {} downloads it)",

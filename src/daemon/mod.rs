@@ -67,13 +67,14 @@ pub fn load_start_head(path: &std::path::Path, backbone: &Backbone) -> Option<Lo
 /// Runs the daemon until SIGTERM / SIGINT or the end of a finite source.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
     let notifier = Notifier::from_env().map_err(|e| DaemonError::Runtime(e.to_string()))?;
+    // Config errors name the key: the manifest's own message names the file.
     let manifest = ModelManifest::load(&config.model.manifest)
-        .map_err(|e| DaemonError::Config(e.to_string()))?;
+        .map_err(|e| DaemonError::Config(format!("model.manifest: {e}")))?;
     let threads = crate::cli::common::resolve_threads(config.model.threads);
     set_threads(threads);
     let backbone = Arc::new(
         Backbone::load(&manifest, &BackboneOptions { threads })
-            .map_err(|e| DaemonError::Config(e.to_string()))?,
+            .map_err(|e| DaemonError::Config(format!("model.manifest: {e}")))?,
     );
     let head_path = config.head_path();
     let head = Arc::new(ArcSwapOption::from(

@@ -2,6 +2,8 @@
 //! on three threads joined by newest-wins slots, so decoding the next frame overlaps inference of
 //! this one, a slow stage drops stale frames (counted) instead of queueing them, and memory stays
 //! flat however long the broker or a consumer is away. Predictions leave on a bounded channel.
+//! The decoder works one frame ahead of inference and no further (so its core time goes to
+//! frames that will be classified), and an unpaced replay is read only as fast as it is consumed.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -184,7 +186,15 @@ impl Pipeline {
             std::thread::Builder::new()
                 .name("capture".into())
                 .spawn(move || {
+                    // A source without a clock of its own (an unpaced replay) is read only when
+                    // the decoder took the previous frame: reading ahead would only spin a core
+                    // on frames that get replaced. Live sources are always read, or their
+                    // buffers would fill with stale frames.
+                    let paced = source.paced_by_consumer();
                     while !stop.load(Ordering::Relaxed) {
+                        if paced && !frames.wait_empty(POLL) {
+                            continue;
+                        }
                         match source.next_frame() {
                             Ok(Some(frame)) => {
                                 stats.frames_in.fetch_add(1, Ordering::Relaxed);
@@ -218,6 +228,13 @@ impl Pipeline {
                 .name("decode".into())
                 .spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
+                        // Decode the next frame only once inference took the previous tensor:
+                        // one frame is prepared ahead (the overlap), never more, so no core is
+                        // spent decoding frames inference would never see, and the frame
+                        // decoded is the newest one at that moment.
+                        if !tensors.wait_empty(POLL) {
+                            continue;
+                        }
                         let Some(frame) = frames.take_timeout(POLL) else {
                             if frames.is_closed() {
                                 break;

@@ -14,7 +14,10 @@ struct State<T> {
 /// Newest-wins single-slot channel shared by one or more producers and one consumer.
 pub struct LatestSlot<T> {
     state: Mutex<State<T>>,
+    /// Signalled when an item arrives (or the slot closes).
     ready: Condvar,
+    /// Signalled when the item is taken (or the slot closes).
+    taken: Condvar,
 }
 
 impl<T> Default for LatestSlot<T> {
@@ -32,6 +35,7 @@ impl<T> LatestSlot<T> {
                 replaced: 0,
             }),
             ready: Condvar::new(),
+            taken: Condvar::new(),
         }
     }
 
@@ -59,6 +63,7 @@ impl<T> LatestSlot<T> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             if let Some(item) = state.item.take() {
+                self.taken.notify_all();
                 return Some(item);
             }
             if state.closed {
@@ -76,10 +81,36 @@ impl<T> LatestSlot<T> {
         }
     }
 
+    /// Waits up to `timeout` until the slot is empty (the consumer took the last item), so a
+    /// producer that can choose when to produce (an unpaced replay, a decoder) works only on
+    /// what will be consumed. True when empty; false on timeout or when closed.
+    pub fn wait_empty(&self, timeout: Duration) -> bool {
+        let mut state = self.lock();
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if state.closed {
+                return false;
+            }
+            if state.item.is_none() {
+                return true;
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            state = self
+                .taken
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
+    }
+
     /// Wakes the consumer for good: `take_timeout` returns what is left, then `None`.
     pub fn close(&self) {
         self.lock().closed = true;
         self.ready.notify_all();
+        self.taken.notify_all();
     }
 
     pub fn is_closed(&self) -> bool {
@@ -124,5 +155,31 @@ mod tests {
         assert_eq!(slot.take_timeout(Duration::from_secs(5)), None);
         assert!(slot.is_closed());
         producer.join().unwrap();
+    }
+
+    #[test]
+    fn wait_empty_returns_once_the_item_is_taken() {
+        let slot = Arc::new(LatestSlot::new());
+        assert!(slot.wait_empty(Duration::ZERO), "a new slot is empty");
+        slot.put(1u32);
+        assert!(
+            !slot.wait_empty(Duration::from_millis(5)),
+            "full: times out"
+        );
+        let consumer = {
+            let slot = slot.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                slot.take_timeout(Duration::ZERO)
+            })
+        };
+        assert!(slot.wait_empty(Duration::from_secs(5)));
+        assert_eq!(consumer.join().unwrap(), Some(1));
+        slot.put(2);
+        slot.close();
+        assert!(
+            !slot.wait_empty(Duration::from_secs(5)),
+            "closed: false at once"
+        );
     }
 }

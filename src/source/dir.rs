@@ -189,6 +189,10 @@ impl FrameSource for ReplaySource {
     fn health_probe(&self) -> HealthProbe {
         self.probe.clone()
     }
+
+    fn paced_by_consumer(&self) -> bool {
+        self.period.is_none()
+    }
 }
 
 #[cfg(test)]
@@ -276,6 +280,15 @@ mod tests {
         let two = FrameData::Encoded(b"2.jpg".to_vec());
         assert_eq!(bodies, [one.clone(), two.clone(), one.clone(), two, one]);
         assert_eq!(looped.health().frames, 5);
+    }
+
+    #[test]
+    fn only_an_unpaced_replay_is_paced_by_its_consumer() {
+        let d = tmp_with(&["1.jpg"]);
+        let open =
+            |fps| ReplaySource::open_dir(d.path(), fps, true).unwrap_or_else(|e| panic!("{e}"));
+        assert!(open(0.0).paced_by_consumer());
+        assert!(!open(5.0).paced_by_consumer());
     }
 
     #[test]

@@ -160,6 +160,13 @@ pub trait FrameSource: Send {
     /// A handle that reads this source's health from any thread.
     fn health_probe(&self) -> HealthProbe;
 
+    /// True when the source has no clock of its own (an unpaced dir/file replay): the consumer
+    /// then decides the rate, and asking for frames it cannot take only burns CPU. Live sources
+    /// (camera, exec) keep the default `false`: they must be drained or their buffers go stale.
+    fn paced_by_consumer(&self) -> bool {
+        false
+    }
+
     /// Health and counters now.
     fn health(&self) -> SourceHealth {
         self.health_probe().get()
