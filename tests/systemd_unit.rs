@@ -42,19 +42,29 @@ impl ScratchUnit {
         let unit = read("systemd/glimpse.service");
         let exec = "ExecStart=/usr/bin/glimpse ";
         assert!(unit.contains(exec), "the unit should start {exec}...");
-        let unit = unit.replace(exec, &format!("ExecStart={} ", env!("CARGO_BIN_EXE_glimpse")));
+        let unit = unit.replace(
+            exec,
+            &format!("ExecStart={} ", env!("CARGO_BIN_EXE_glimpse")),
+        );
         std::fs::write(dir.path().join("glimpse.service"), unit).expect("write unit");
         if with_argus {
             let dropins = dir.path().join("glimpse.service.d");
             std::fs::create_dir(&dropins).expect("mkdir drop-ins");
-            std::fs::write(dropins.join("argus.conf"), read("systemd/glimpse-argus.conf"))
-                .expect("write drop-in");
+            std::fs::write(
+                dropins.join("argus.conf"),
+                read("systemd/glimpse-argus.conf"),
+            )
+            .expect("write drop-in");
         }
         Self { dir }
     }
 
     fn unit(&self) -> String {
-        self.dir.path().join("glimpse.service").display().to_string()
+        self.dir
+            .path()
+            .join("glimpse.service")
+            .display()
+            .to_string()
     }
 
     /// Drop-ins are looked up along the unit path; a trailing ':' keeps systemd's own directories
@@ -93,7 +103,10 @@ impl ScratchUnit {
         let marker = "Overall exposure level for glimpse.service:";
         let score = stdout
             .lines()
-            .find_map(|l| l.split_once(marker).map(|(_, rest)| rest.trim().to_string()))
+            .find_map(|l| {
+                l.split_once(marker)
+                    .map(|(_, rest)| rest.trim().to_string())
+            })
             .and_then(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
             .unwrap_or_else(|| {
                 panic!(
@@ -141,7 +154,10 @@ fn unit_keeps_its_hardening_directives() {
     let expected: &[(&str, &str)] = &[
         ("Type", "notify"),
         ("NotifyAccess", "main"),
-        ("ExecStart", "/usr/bin/glimpse run --config /etc/glimpse/glimpse.toml"),
+        (
+            "ExecStart",
+            "/usr/bin/glimpse run --config /etc/glimpse/glimpse.toml",
+        ),
         ("WatchdogSec", "30s"),
         ("Restart", "on-failure"),
         ("RestartPreventExitStatus", "2"),
@@ -199,9 +215,15 @@ fn exposure_score_stays_low() {
     // 1.5 measured with systemd 252; the remaining exposure is the network (MQTT), the camera
     // devices, group video and /proc/cpuinfo (tract's aarch64 kernel choice). docs/deploy.md.
     let score = ScratchUnit::new(false).exposure();
-    assert!(score <= 1.5, "exposure {score} > 1.5: which directive was lost?");
+    assert!(
+        score <= 1.5,
+        "exposure {score} > 1.5: which directive was lost?"
+    );
     let argus = ScratchUnit::new(true).exposure();
-    assert!(argus <= 2.0, "exposure with the Argus drop-in {argus} > 2.0");
+    assert!(
+        argus <= 2.0,
+        "exposure with the Argus drop-in {argus} > 2.0"
+    );
 }
 
 #[test]
@@ -224,10 +246,16 @@ fn sysusers_creates_glimpse_in_group_video() {
         .lines()
         .find(|l| l.starts_with("glimpse:"))
         .unwrap_or_else(|| panic!("no glimpse user in\n{passwd}"));
-    assert!(user.ends_with(":/var/lib/glimpse:/usr/sbin/nologin"), "{user}");
+    assert!(
+        user.ends_with(":/var/lib/glimpse:/usr/sbin/nologin"),
+        "{user}"
+    );
     let group = std::fs::read_to_string(etc.join("group")).expect("read group");
     assert!(group.lines().any(|l| l == "video:x:44:glimpse"), "{group}");
-    assert!(group.lines().any(|l| l.starts_with("glimpse:x:")), "{group}");
+    assert!(
+        group.lines().any(|l| l.starts_with("glimpse:x:")),
+        "{group}"
+    );
 }
 
 #[test]
@@ -276,7 +304,9 @@ fn example_config_starts_with_the_documented_keys() {
     );
     assert!(get("model", "threads").is_integer());
     assert!(get("source", "uri").is_str());
-    assert!(get("mqtt", "url").as_str().is_some_and(|u| u.starts_with("mqtt")));
+    assert!(get("mqtt", "url")
+        .as_str()
+        .is_some_and(|u| u.starts_with("mqtt")));
     assert!(get("log", "level").is_str());
 }
 
@@ -308,9 +338,18 @@ fn deb_assets_install_what_the_unit_uses() {
         );
     };
     installs("target/release/glimpse", "usr/bin/glimpse");
-    installs("systemd/glimpse.service", "lib/systemd/system/glimpse.service");
-    installs("systemd/glimpse.sysusers", "usr/lib/sysusers.d/glimpse.conf");
-    installs("systemd/glimpse.tmpfiles", "usr/lib/tmpfiles.d/glimpse.conf");
+    installs(
+        "systemd/glimpse.service",
+        "lib/systemd/system/glimpse.service",
+    );
+    installs(
+        "systemd/glimpse.sysusers",
+        "usr/lib/sysusers.d/glimpse.conf",
+    );
+    installs(
+        "systemd/glimpse.tmpfiles",
+        "usr/lib/tmpfiles.d/glimpse.conf",
+    );
     installs("systemd/glimpse.toml", "etc/glimpse/glimpse.toml");
     for (source, _) in &assets {
         if !source.starts_with("target/") && !source.contains('*') {
