@@ -18,6 +18,10 @@ use crate::vision::spec::ResizeMode;
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/glimpse/glimpse.toml";
 /// Prefix of environment overrides: `GLIMPSE_MQTT__URL=mqtt://broker:1883` sets `mqtt.url`.
 pub const ENV_PREFIX: &str = "GLIMPSE_";
+/// Top-level keys, which have no section: `GLIMPSE_STATE_DIR` sets `state_dir`. Listed by name
+/// because other `GLIMPSE_X` variables (`GLIMPSE_MODEL`, `GLIMPSE_CONFIG`) are command-line
+/// defaults, not configuration keys.
+pub const TOP_LEVEL_ENV_KEYS: &[&str] = &["state_dir"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -211,15 +215,24 @@ fn one_line(text: &str) -> String {
 
 /// Applies `GLIMPSE_SECTION__KEY=value` overrides. The value is read as a TOML value when it
 /// parses as one (numbers, booleans, arrays), else as a string; quote it (`'"123"'`) to force a
-/// string. Variables without `__` (such as `GLIMPSE_MODEL`, used by the offline commands) are
-/// not configuration keys and are ignored here.
+/// string. Other variables without `__` (such as `GLIMPSE_MODEL`, used by the offline commands)
+/// are not configuration keys and are ignored here; the top-level keys ([`TOP_LEVEL_ENV_KEYS`])
+/// are the exception.
 pub fn apply_env_overrides(
     table: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<(), ConfigError> {
+    let is_top_level = |name: &str| {
+        TOP_LEVEL_ENV_KEYS
+            .iter()
+            .any(|key| key.eq_ignore_ascii_case(name))
+    };
     let mut vars: Vec<(String, String)> = env
         .into_iter()
-        .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
+        .filter(|(k, _)| {
+            k.strip_prefix(ENV_PREFIX)
+                .is_some_and(|name| name.contains("__") || is_top_level(name))
+        })
         .collect();
     vars.sort();
     for (var, raw) in vars {
@@ -294,4 +307,61 @@ fn validate(file: &Path, config: &Config) -> Result<(), ConfigError> {
         .map_err(|e| invalid(format!("source.uri: {e}")))?;
     config.mqtt.validate().map_err(|e| invalid(e.to_string()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn environment_overrides_sections_nested_sections_and_top_level_keys() {
+        let config = parse(
+            Path::new("t.toml"),
+            "[mqtt]\ndevice_id = 'file'\n",
+            env(&[
+                ("GLIMPSE_MQTT__DEVICE_ID", "fromenv"),
+                ("GLIMPSE_MQTT__QOS", "2"),
+                ("GLIMPSE_MQTT__PUBLISH__MODE", "on_change"),
+                ("GLIMPSE_STATE_DIR", "/var/lib/x"),
+                ("GLIMPSE_MODEL", "ignored.toml"),
+                ("OTHER__KEY", "ignored"),
+            ]),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.mqtt.device_id, "fromenv");
+        assert_eq!(config.mqtt.qos, 2);
+        assert_eq!(
+            config.mqtt.publish.mode,
+            crate::mqtt::policy::PublishMode::OnChange
+        );
+        assert_eq!(config.state_dir(), PathBuf::from("/var/lib/x"));
+        assert_eq!(config.model.manifest, ModelConfig::default().manifest);
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_key() {
+        let err = parse(Path::new("t.toml"), "[pipeline]\nskip = 1\n", env(&[]))
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("t.toml") && err.contains("pipeline.skip"),
+            "{err}"
+        );
+        let err = parse(
+            Path::new("t.toml"),
+            "",
+            env(&[("GLIMPSE_MQTT__QOS", "'high'")]),
+        )
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("mqtt.qos"), "{err}");
+    }
 }

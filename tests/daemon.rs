@@ -706,3 +706,29 @@ fn unchanged_frames_are_skipped_and_counted() {
     let status = daemon.wait_exit(WAIT).expect("exit after SIGTERM");
     assert!(status.success(), "{status}:\n{}", daemon.log());
 }
+
+#[test]
+fn packaged_example_config_lists_the_defaults_and_passes_check_config() {
+    let path = repo().join("systemd/glimpse.toml");
+    let text = std::fs::read_to_string(&path).expect("read systemd/glimpse.toml");
+    let parsed = glimpse::config::parse(&path, &text, Vec::new())
+        .unwrap_or_else(|e| panic!("systemd/glimpse.toml: {e}"));
+    // Every value the example states is the built-in default, except the packaged manifest.
+    let mut expected = glimpse::config::Config::default();
+    expected.model.manifest = "/usr/share/glimpse/models/mobilenetv2-12.toml".into();
+    let as_toml = |c: &glimpse::config::Config| toml::to_string(c).expect("serialize a config");
+    assert_eq!(as_toml(&parsed), as_toml(&expected));
+
+    // With the manifest pointed at the test model (as a drop-in would), the packaged file passes.
+    let out = glimpse(&["check-config", "--config"])
+        .arg(&path)
+        .env("GLIMPSE_MODEL__MANIFEST", manifest())
+        .output()
+        .expect("run glimpse check-config");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
