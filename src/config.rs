@@ -286,7 +286,7 @@ fn validate(file: &Path, config: &Config) -> Result<(), ConfigError> {
     if config.model.top_k == 0 {
         return Err(key("model.top_k", "must be at least 1"));
     }
-    if !(config.pipeline.skip_unchanged_below >= 0.0) {
+    if config.pipeline.skip_unchanged_below.is_nan() || config.pipeline.skip_unchanged_below < 0.0 {
         return Err(key(
             "pipeline.skip_unchanged_below",
             "must be 0 (off) or positive",

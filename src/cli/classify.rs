@@ -82,11 +82,7 @@ pub fn run(args: &ClassifyArgs) -> anyhow::Result<bool> {
         let file = path.display().to_string();
         let outcome = std::fs::read(path)
             .with_context(|| format!("cannot read {file}"))
-            .and_then(|bytes| {
-                embedder
-                    .embed_bytes(&bytes)
-                    .with_context(|| format!("{file}"))
-            });
+            .and_then(|bytes| embedder.embed_bytes(&bytes).with_context(|| file.clone()));
         let (output, _) = match outcome {
             Ok(done) => done,
             Err(err) => {

@@ -331,10 +331,12 @@ mod tests {
             ..spec(224, 224, Layout::Nchw)
         };
         let tables = normalization_tables(&torchvision);
-        for c in 0..3 {
-            let (mean, std) = (torchvision.mean[c], torchvision.std[c]);
-            assert!((tables[c][0] - -mean / std).abs() < 1e-6);
-            assert!((tables[c][255] - (1.0 - mean) / std).abs() < 1e-6);
+        for (table, (mean, std)) in tables
+            .iter()
+            .zip(torchvision.mean.iter().zip(&torchvision.std))
+        {
+            assert!((table[0] - -mean / std).abs() < 1e-6);
+            assert!((table[255] - (1.0 - mean) / std).abs() < 1e-6);
         }
         assert!((tables[0][0] - -2.117_904).abs() < 1e-5);
         assert!((tables[2][255] - 2.64).abs() < 1e-5);
