@@ -336,8 +336,26 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// Builds `examples/{name}.rs` with the same cargo that runs the tests and returns its path.
+/// Returns the path of `examples/{name}.rs` built: `cargo test` builds examples next to the test
+/// binaries (`target/<profile>/examples/`), so that copy is used when present and newer than the
+/// source; otherwise it is built with the same cargo that runs the tests (a plain `cargo build`
+/// resolves features without dev-dependencies and may rebuild a few crates: slower, same result).
 pub fn build_example(name: &str) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("examples/{name}.rs"));
+    if let Some(built) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("examples").join(name)))
+    {
+        let fresh = |p: &Path| -> Option<bool> {
+            Some(
+                std::fs::metadata(p).ok()?.modified().ok()?
+                    >= std::fs::metadata(&source).ok()?.modified().ok()?,
+            )
+        };
+        if fresh(&built) == Some(true) {
+            return built;
+        }
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let output = Command::new(cargo)
         .args(["build", "--example", name, "--message-format=json"])
