@@ -201,8 +201,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     for &threads in &args.thread_counts {
         set_threads(threads.max(1));
         let mut preprocessor = Preprocessor::new(backbone.input_spec(), args.model.resize_mode());
-        let mut embedder =
-            Embedder::new(backbone.clone(), args.model.resize_mode(), limits.clone());
+        let mut embedder = Embedder::new(backbone.clone(), args.model.resize_mode(), limits);
         let mut input = Vec::new();
         let (mut decode, mut preprocess, mut infer, mut head_times, mut total) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());

@@ -380,7 +380,7 @@ mod tests {
 
     #[test]
     fn drop_kills_the_whole_process_group() {
-        let mut s = ExecSource::spawn("sleep 60 | sleep 60", fast_backoff())
+        let s = ExecSource::spawn("sleep 60 | sleep 60", fast_backoff())
             .unwrap_or_else(|e| panic!("{e}"));
         let Some(pid) = s.pid() else {
             panic!("no child");
