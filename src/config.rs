@@ -286,7 +286,9 @@ fn validate(file: &Path, config: &Config) -> Result<(), ConfigError> {
     if config.model.top_k == 0 {
         return Err(key("model.top_k", "must be at least 1"));
     }
-    if config.pipeline.skip_unchanged_below.is_nan() || config.pipeline.skip_unchanged_below < 0.0 {
+    // NaN is refused too (TOML accepts `nan`): it is no threshold at all.
+    let threshold = config.pipeline.skip_unchanged_below;
+    if threshold.is_nan() || threshold < 0.0 {
         return Err(key(
             "pipeline.skip_unchanged_below",
             "must be 0 (off) or positive",

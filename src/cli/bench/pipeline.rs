@@ -108,7 +108,7 @@ fn backbone_alone(
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let (width, height) = (640, 480);
     let threads = args.pipeline_threads.max(1);
-    let model = super::super::common::ModelArgs {
+    let model = crate::cli::common::ModelArgs {
         threads,
         ..args.model.clone()
     };
@@ -138,13 +138,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         events_tx,
     )
     .context("cannot start the pipeline threads")?;
-    let drain = std::thread::spawn(move || {
-        let mut n = 0u64;
-        while events.blocking_recv().is_some() {
-            n += 1;
-        }
-        n
-    });
+    // The events are counted by the pipeline itself (frames_out); here they are only emptied.
+    let drain = std::thread::spawn(move || while events.blocking_recv().is_some() {});
 
     if !args.json {
         eprintln!(
@@ -166,7 +161,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let (in1, out1) = counters(&stats);
     let seconds = started.elapsed().as_secs_f64();
     pipeline.stop();
-    let drained = drain.join().unwrap_or(0);
+    let _ = drain.join();
 
     let mut in_pipeline = std::collections::BTreeMap::new();
     {
@@ -205,7 +200,6 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         decode_errors: stats.decode_errors.load(Ordering::Relaxed),
         peak_rss_mb: crate::procstat::peak_rss_bytes().map(|b| b as f64 / 1048576.0),
     };
-    log::debug!("drained {drained} predictions");
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
