@@ -271,6 +271,19 @@ impl Store {
         })
     }
 
+    /// Whether this content is already stored under this label.
+    pub fn contains(&self, content_hash: &str, label: &str) -> Result<bool, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT 1 FROM samples WHERE content_hash = ?1 AND label = ?2",
+                [content_hash, label],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|r| r.is_some())
+            .map_err(self.err("look up a sample"))
+    }
+
     /// Sample count per label.
     pub fn label_counts(&self) -> Result<BTreeMap<String, u64>, StoreError> {
         let mut stmt = self
@@ -409,6 +422,14 @@ impl Store {
         }
         tx.commit().map_err(err)?;
         Ok(())
+    }
+
+    /// Leaves no head active (after `forget` left fewer than two labels).
+    pub fn deactivate_heads(&mut self) -> Result<(), StoreError> {
+        self.conn
+            .execute("UPDATE heads SET active = 0 WHERE active = 1", [])
+            .map(|_| ())
+            .map_err(self.err("deactivate heads"))
     }
 
     /// The active head version, if any.

@@ -7,4 +7,5 @@ pub mod gate; // the acceptance gate: does a new head replace the active one
 pub mod head; // forward pass and the versioned, checksummed head file
 pub mod ingest; // sample validation: labels, sizes, JSON forms, image headers, quotas
 pub mod metrics; // accuracy, per-class precision / recall, confusion matrix
+pub mod thumbnail; // small JPEG thumbnails of samples and recent frames
 pub mod train; // optimizer, validation split, early stopping, training report
