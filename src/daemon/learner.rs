@@ -24,7 +24,7 @@ use super::pipeline::{HeadCell, LoadedHead};
 use super::recent::RecentFrames;
 use crate::config::LearningConfig;
 use crate::learn::cache::content_hash;
-use crate::learn::gate::{decide, GateInput};
+use crate::learn::gate::{decide, holdout_split, GateInput};
 use crate::learn::head::Head;
 use crate::learn::ingest::{
     check_quota, decode_sample, json_id_hint, parse_json_sample, validate_label, Rejection,
@@ -32,7 +32,7 @@ use crate::learn::ingest::{
 };
 use crate::learn::metrics::argmax;
 use crate::learn::thumbnail::jpeg_thumbnail;
-use crate::learn::train::{stratified_split, train_with_split, Dataset, TrainConfig};
+use crate::learn::train::{train_with_split, Dataset, TrainConfig};
 use crate::mqtt::link::Received;
 use crate::mqtt::messages::learning::{parse_command, Ack, AckStatus, Command, TrainingReport};
 use crate::mqtt::messages::now_unix_ms;
@@ -478,12 +478,9 @@ impl Worker {
             seed: self.settings.learning.seed,
             ..TrainConfig::default()
         };
-        let (train_idx, val_idx) = stratified_split(
-            &labels,
-            classes.len(),
-            cfg.validation_split,
-            cfg.seed,
-        );
+        let hashes: Vec<&str> = samples.iter().map(|s| s.content_hash.as_str()).collect();
+        let (train_idx, val_idx) =
+            holdout_split(&hashes, &labels, cfg.validation_split, cfg.seed);
         let new_head = train_with_split(
             &data,
             &train_idx,

@@ -8,6 +8,49 @@
 //! retrain after a forget is forced. `force` accepts regardless (and says so).
 
 use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// Splits samples into (training, validation) by their content hash: a sample is held out when
+/// `sha256(seed, hash)` falls below `fraction`. Unlike a shuffled split, a sample's side never
+/// changes as samples are added, so the active head was never trained on the current validation
+/// samples and the gate compares both heads on data neither has seen. Each class keeps at least
+/// one training sample (its first, in the given order). Both lists are sorted.
+pub fn holdout_split(
+    hashes: &[&str],
+    labels: &[usize],
+    fraction: f32,
+    seed: u64,
+) -> (Vec<usize>, Vec<usize>) {
+    let threshold = (fraction.clamp(0.0, 1.0) as f64 * u64::MAX as f64) as u64;
+    let mut held: Vec<bool> = hashes
+        .iter()
+        .map(|h| {
+            let mut hasher = Sha256::new();
+            hasher.update(seed.to_le_bytes());
+            hasher.update(h.as_bytes());
+            let digest = hasher.finalize();
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&digest[..8]);
+            u64::from_le_bytes(word) < threshold
+        })
+        .collect();
+    let classes = labels.iter().copied().max().map_or(0, |m| m + 1);
+    for class in 0..classes {
+        let members: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == class).collect();
+        if !members.is_empty() && members.iter().all(|&i| held[i]) {
+            held[members[0]] = false;
+        }
+    }
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for (i, h) in held.into_iter().enumerate() {
+        if h {
+            val.push(i);
+        } else {
+            train.push(i);
+        }
+    }
+    (train, val)
+}
 
 /// Labels predicted by the old and the new head for the same validation samples, with the truth.
 #[derive(Debug, Clone, Copy)]
@@ -108,6 +151,22 @@ mod tests {
 
     fn classes(names: &[&str]) -> Vec<String> {
         names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn holdout_is_stable_as_samples_are_added() {
+        let hashes: Vec<String> = (0..200).map(|i| format!("h{i}")).collect();
+        let refs: Vec<&str> = hashes.iter().map(String::as_str).collect();
+        let labels: Vec<usize> = (0..200).map(|i| i % 2).collect();
+        let (train, val) = holdout_split(&refs[..100], &labels[..100], 0.2, 7);
+        assert_eq!(train.len() + val.len(), 100);
+        assert!((10..=30).contains(&val.len()), "{}", val.len());
+        let (_, val_more) = holdout_split(&refs, &labels, 0.2, 7);
+        let earlier: Vec<usize> = val_more.into_iter().filter(|&i| i < 100).collect();
+        assert_eq!(earlier, val);
+        // A class whose samples would all be held out keeps one for training.
+        let (train, val) = holdout_split(&["x"], &[0], 1.0, 7);
+        assert_eq!((train, val), (vec![0], vec![]));
     }
 
     #[test]
