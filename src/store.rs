@@ -65,7 +65,11 @@ pub enum StoreError {
         known: usize,
     },
     #[error("sample store {path}: sample {id} has a {len}-byte embedding, not a multiple of 4")]
-    BadEmbedding { path: PathBuf, id: String, len: usize },
+    BadEmbedding {
+        path: PathBuf,
+        id: String,
+        len: usize,
+    },
     #[error("sample store {path}: no head version {version}")]
     NoSuchHead { path: PathBuf, version: u64 },
 }

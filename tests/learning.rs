@@ -181,7 +181,14 @@ fn wait_online(sub: &Subscriber, daemon: &Daemon) {
 fn glimpse(broker: &Mosquitto, args: &[&str]) -> (bool, String) {
     let out = Command::new(GLIMPSE)
         .args(args)
-        .args(["--url", &broker.url(), "--device", DEVICE, "--timeout-s", "120"])
+        .args([
+            "--url",
+            &broker.url(),
+            "--device",
+            DEVICE,
+            "--timeout-s",
+            "120",
+        ])
         .output()
         .expect("run glimpse");
     let text = format!(
@@ -213,7 +220,10 @@ fn predict(
     files: &[(PathBuf, String)],
 ) -> BTreeMap<u64, String> {
     let source = replay_dir(root, name, files);
-    let sub = Subscriber::connect(broker.port(), &[&topic("prediction"), &topic("availability")]);
+    let sub = Subscriber::connect(
+        broker.port(),
+        &[&topic("prediction"), &topic("availability")],
+    );
     sub.clear();
     let mut daemon = Daemon::start(root, broker, state, &source, false);
     daemon.wait_exit(Duration::from_secs(300));
@@ -237,7 +247,11 @@ fn predict(
     predicted
 }
 
-fn accuracy(predicted: &BTreeMap<u64, String>, files: &[(PathBuf, String)], which: impl Fn(&str) -> bool) -> (f32, usize) {
+fn accuracy(
+    predicted: &BTreeMap<u64, String>,
+    files: &[(PathBuf, String)],
+    which: impl Fn(&str) -> bool,
+) -> (f32, usize) {
     let mut right = 0;
     let mut n = 0;
     for (frame, label) in predicted {
@@ -257,7 +271,11 @@ fn teach_and_predict_then_add_classes() {
     let broker = Mosquitto::start();
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
-    let idle = replay_dir(tmp.path(), "idle", &[(class_files("rps", "rock")[0].clone(), "x".into())]);
+    let idle = replay_dir(
+        tmp.path(),
+        "idle",
+        &[(class_files("rps", "rock")[0].clone(), "x".into())],
+    );
 
     // 80% of rps, class per folder, sent with `glimpse send`.
     let teach = tmp.path().join("teach");
@@ -273,28 +291,48 @@ fn teach_and_predict_then_add_classes() {
     let sub = Subscriber::connect(broker.port(), &[&topic("availability"), &topic("report")]);
     // No holdout: the deployed head is trained on everything that was sent (the gate then has
     // nothing to compare on and accepts; it is exercised by the corrupt-head test's retrains).
-    let mut daemon =
-        Daemon::start_with(tmp.path(), &broker, &state, &idle, true, "validation_split = 0.0");
+    let mut daemon = Daemon::start_with(
+        tmp.path(),
+        &broker,
+        &state,
+        &idle,
+        true,
+        "validation_split = 0.0",
+    );
     wait_online(&sub, &daemon);
     let (ok, out) = glimpse(&broker, &["send", teach.to_str().unwrap()]);
     assert!(ok, "glimpse send failed:\n{out}\n{}", daemon.log());
     assert_eq!(out.matches("accepted").count(), 192, "{out}");
     // Sending the same files again: all duplicates, still success.
-    let (ok, out) = glimpse(&broker, &["send", "--label", "rock", teach.join("rock").to_str().unwrap()]);
+    let (ok, out) = glimpse(
+        &broker,
+        &[
+            "send",
+            "--label",
+            "rock",
+            teach.join("rock").to_str().unwrap(),
+        ],
+    );
     assert!(ok && out.matches("duplicate").count() == 64, "{out}");
     let (ok, out) = glimpse(&broker, &["retrain"]);
     assert!(ok, "retrain: {out}\n{}", daemon.log());
     let report = json_of(&sub.expect_any(&topic("report")));
     assert_eq!(report["accepted"], true, "{report}");
     assert_eq!(report["version"], 1, "{report}");
-    assert_eq!(report["samples_per_class"], json!({"paper": 64, "rock": 64, "scissors": 64}));
+    assert_eq!(
+        report["samples_per_class"],
+        json!({"paper": 64, "rock": 64, "scissors": 64})
+    );
     let (ok, out) = glimpse(&broker, &["samples"]);
     assert!(ok && out.contains("192  total"), "{out}");
     daemon.stop();
 
     let predicted = predict(tmp.path(), &broker, &state, "rps-test", &rps_test);
     let (acc, n) = accuracy(&predicted, &rps_test, |_| true);
-    assert!(acc >= 0.97, "rps accuracy {acc} on {n} frames: {predicted:?}");
+    assert!(
+        acc >= 0.97,
+        "rps accuracy {acc} on {n} frames: {predicted:?}"
+    );
 
     // New classes: a few of each sign digit, then both old and new classes are predicted.
     let digits: Vec<String> = (0..10).map(|d| d.to_string()).collect();
@@ -310,33 +348,54 @@ fn teach_and_predict_then_add_classes() {
     }
     let sub = Subscriber::connect(broker.port(), &[&topic("availability"), &topic("report")]);
     sub.clear();
-    let mut daemon =
-        Daemon::start_with(tmp.path(), &broker, &state, &idle, true, "validation_split = 0.0");
+    let mut daemon = Daemon::start_with(
+        tmp.path(),
+        &broker,
+        &state,
+        &idle,
+        true,
+        "validation_split = 0.0",
+    );
     wait_online(&sub, &daemon);
     let (ok, out) = glimpse(&broker, &["send", teach_digits.to_str().unwrap()]);
     assert!(ok, "{out}");
     let (ok, out) = glimpse(&broker, &["retrain"]);
     assert!(ok, "retrain with new classes: {out}\n{}", daemon.log());
     let report = sub
-        .wait_for(common::WAIT, |m| m.topic == topic("report") && json_of(m)["version"] == 2)
+        .wait_for(common::WAIT, |m| {
+            m.topic == topic("report") && json_of(m)["version"] == 2
+        })
         .expect("report of v2");
     assert_eq!(json_of(&report)["classes"].as_array().unwrap().len(), 13);
     daemon.stop();
 
-    let mixed: Vec<(PathBuf, String)> = rps_test.iter().step_by(2).cloned().chain(digit_test.clone()).collect();
+    let mixed: Vec<(PathBuf, String)> = rps_test
+        .iter()
+        .step_by(2)
+        .cloned()
+        .chain(digit_test.clone())
+        .collect();
     let predicted = predict(tmp.path(), &broker, &state, "mixed-test", &mixed);
     let is_digit = |l: &str| digits.iter().any(|d| d == l);
     let (rps_acc, n_rps) = accuracy(&predicted, &mixed, |l| !is_digit(l));
     let (digit_acc, n_digits) = accuracy(&predicted, &mixed, is_digit);
-    assert!(rps_acc >= 0.95, "old classes after adding new ones: {rps_acc} on {n_rps}");
-    assert!(digit_acc >= 0.5, "new classes: {digit_acc} on {n_digits}: {predicted:?}");
+    assert!(
+        rps_acc >= 0.95,
+        "old classes after adding new ones: {rps_acc} on {n_rps}"
+    );
+    assert!(
+        digit_acc >= 0.5,
+        "new classes: {digit_acc} on {n_digits}: {predicted:?}"
+    );
 }
 
 /// Publishes and returns the next ack (the learner answers in order, one at a time).
 fn next_ack(sub: &Subscriber, topic_name: &str, payload: impl Into<Vec<u8>>) -> Value {
     let before = sub.messages(&topic("ack")).len();
     sub.publish(topic_name, payload, false);
-    common::wait_until("the next ack", || sub.messages(&topic("ack")).len() > before);
+    common::wait_until("the next ack", || {
+        sub.messages(&topic("ack")).len() > before
+    });
     json_of(&sub.messages(&topic("ack"))[before])
 }
 
@@ -345,12 +404,23 @@ fn bad_input_is_rejected_with_a_reason_and_nothing_is_stored() {
     let broker = Mosquitto::start();
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
-    let idle = replay_dir(tmp.path(), "idle", &[(class_files("rps", "rock")[0].clone(), "x".into())]);
+    let idle = replay_dir(
+        tmp.path(),
+        "idle",
+        &[(class_files("rps", "rock")[0].clone(), "x".into())],
+    );
     let sub = Subscriber::connect(
         broker.port(),
         &[&topic("availability"), &topic("ack"), &topic("prediction")],
     );
-    let daemon = Daemon::start_with(tmp.path(), &broker, &state, &idle, true, "max_sample_bytes = 1000000");
+    let daemon = Daemon::start_with(
+        tmp.path(),
+        &broker,
+        &state,
+        &idle,
+        true,
+        "max_sample_bytes = 1000000",
+    );
     wait_online(&sub, &daemon);
     let jpeg = std::fs::read(&class_files("sign_digits", "3")[0]).unwrap();
     let b64 = base64::engine::general_purpose::STANDARD.encode(&jpeg);
@@ -360,7 +430,11 @@ fn bad_input_is_rejected_with_a_reason_and_nothing_is_stored() {
     png_bomb.extend_from_slice(&[8, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
 
     let raw: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("non-image", b"hello, not an image".to_vec(), "not a usable image"),
+        (
+            "non-image",
+            b"hello, not an image".to_vec(),
+            "not a usable image",
+        ),
         ("truncated", jpeg[..jpeg.len() / 2].to_vec(), "truncated"),
         ("empty", Vec::new(), "empty payload"),
         ("too large", vec![0xFF; 1_500_000], "max_sample_bytes"),
@@ -371,7 +445,10 @@ fn bad_input_is_rejected_with_a_reason_and_nothing_is_stored() {
         let ack = next_ack(&sub, &topic("sample/rock"), payload);
         assert_eq!(ack["status"], "rejected", "{what}: {ack}");
         assert_eq!(ack["id"], id.as_str(), "{what}: {ack}");
-        assert!(ack["reason"].as_str().unwrap_or("").contains(reason), "{what}: {ack}");
+        assert!(
+            ack["reason"].as_str().unwrap_or("").contains(reason),
+            "{what}: {ack}"
+        );
     }
     let long = "x".repeat(1000);
     for (label, reason) in [
@@ -392,15 +469,41 @@ fn bad_input_is_rejected_with_a_reason_and_nothing_is_stored() {
     invalid.extend_from_slice(b"\xff\xfe\",\"frame_id\":1}");
     let ack = next_ack(&sub, &topic("sample"), invalid);
     assert_eq!(ack["status"], "rejected");
-    assert!(ack["reason"].as_str().unwrap().contains("malformed"), "{ack}");
+    assert!(
+        ack["reason"].as_str().unwrap().contains("malformed"),
+        "{ack}"
+    );
     let ack = next_ack(&sub, &topic("sample"), b"{\"label\": ".to_vec());
-    assert!(ack["reason"].as_str().unwrap().contains("malformed"), "{ack}");
-    let ack = next_ack(&sub, &topic("sample"), json!({"id":"f","label":"x","frame_id": 99_999_999u64}).to_string());
+    assert!(
+        ack["reason"].as_str().unwrap().contains("malformed"),
+        "{ack}"
+    );
+    let ack = next_ack(
+        &sub,
+        &topic("sample"),
+        json!({"id":"f","label":"x","frame_id": 99_999_999u64}).to_string(),
+    );
     assert_eq!(ack["status"], "rejected");
-    assert!(ack["reason"].as_str().unwrap().contains("not among the recently"), "{ack}");
-    let ack = next_ack(&sub, &topic("cmd/selfdestruct"), json!({"id":"c"}).to_string());
-    assert_eq!((ack["status"].as_str(), ack["id"].as_str()), (Some("rejected"), Some("c")));
-    assert!(ack["reason"].as_str().unwrap().contains("unknown command"), "{ack}");
+    assert!(
+        ack["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not among the recently"),
+        "{ack}"
+    );
+    let ack = next_ack(
+        &sub,
+        &topic("cmd/selfdestruct"),
+        json!({"id":"c"}).to_string(),
+    );
+    assert_eq!(
+        (ack["status"].as_str(), ack["id"].as_str()),
+        (Some("rejected"), Some("c"))
+    );
+    assert!(
+        ack["reason"].as_str().unwrap().contains("unknown command"),
+        "{ack}"
+    );
     let ack = next_ack(&sub, &topic("cmd/labels"), Vec::new());
     assert_eq!(ack["labels"], json!({}), "something was stored: {ack}");
 
@@ -411,9 +514,17 @@ fn bad_input_is_rejected_with_a_reason_and_nothing_is_stored() {
     });
     // And the frame path works: label the newest published frame.
     let frame = json_of(sub.messages(&topic("prediction")).last().unwrap())["frame_id"].clone();
-    let ack = next_ack(&sub, &topic("sample"), json!({"id":"fr","label":"scene","frame_id": frame}).to_string());
+    let ack = next_ack(
+        &sub,
+        &topic("sample"),
+        json!({"id":"fr","label":"scene","frame_id": frame}).to_string(),
+    );
     assert_eq!(ack["status"], "accepted", "{ack}");
-    let ack = next_ack(&sub, &topic("sample"), json!({"id":"fr","label":"scene","frame_id": frame}).to_string());
+    let ack = next_ack(
+        &sub,
+        &topic("sample"),
+        json!({"id":"fr","label":"scene","frame_id": frame}).to_string(),
+    );
     assert_eq!(ack["status"], "duplicate", "{ack}");
     let ack = next_ack(&sub, &topic("cmd/export"), Vec::new());
     let path = ack["path"].as_str().unwrap_or_else(|| panic!("{ack}"));
@@ -429,7 +540,9 @@ fn bad_input_is_rejected_with_a_reason_and_nothing_is_stored() {
 
 fn stored_samples(state: &Path) -> BTreeMap<(String, String), usize> {
     let conn = rusqlite::Connection::open(state.join("glimpse.db")).unwrap();
-    let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(check, "ok");
     let mut stmt = conn
         .prepare("SELECT id, label, length(embedding), thumbnail FROM samples")
@@ -449,7 +562,10 @@ fn stored_samples(state: &Path) -> BTreeMap<(String, String), usize> {
         let (id, label, len, thumb) = row.unwrap();
         assert_eq!(len, 1280 * 4, "half-written embedding for {id}");
         let thumb = thumb.unwrap_or_else(|| panic!("no thumbnail for {id}"));
-        assert!(image::load_from_memory(&thumb).is_ok(), "bad thumbnail for {id}");
+        assert!(
+            image::load_from_memory(&thumb).is_ok(),
+            "bad thumbnail for {id}"
+        );
         out.insert((id, label), len as usize);
     }
     out
@@ -460,13 +576,27 @@ fn stream_with_disruptions(disrupt_broker: bool) {
     let mut broker = Mosquitto::start();
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
-    let idle = replay_dir(tmp.path(), "idle", &[(class_files("rps", "rock")[0].clone(), "x".into())]);
+    let idle = replay_dir(
+        tmp.path(),
+        "idle",
+        &[(class_files("rps", "rock")[0].clone(), "x".into())],
+    );
     let mut files: Vec<(PathBuf, String)> = Vec::new();
     for class in ["paper", "rock", "scissors"] {
-        files.extend(class_files("rps", class).into_iter().take(60).map(|f| (f, class.to_string())));
+        files.extend(
+            class_files("rps", class)
+                .into_iter()
+                .take(60)
+                .map(|f| (f, class.to_string())),
+        );
     }
     for d in ["0", "1", "2"] {
-        files.extend(class_files("sign_digits", d).into_iter().take(40).map(|f| (f, format!("d{d}"))));
+        files.extend(
+            class_files("sign_digits", d)
+                .into_iter()
+                .take(40)
+                .map(|f| (f, format!("d{d}"))),
+        );
     }
     assert_eq!(files.len(), 300);
     let sub = Subscriber::connect(broker.port(), &[&topic("availability"), &topic("ack")]);
@@ -479,7 +609,9 @@ fn stream_with_disruptions(disrupt_broker: bool) {
         rng_state ^= rng_state << 17;
         rng_state % n
     };
-    let disrupt_at: BTreeSet<usize> = (0..3).map(|i| 40 + i * 80 + next_random(60) as usize).collect();
+    let disrupt_at: BTreeSet<usize> = (0..3)
+        .map(|i| 40 + i * 80 + next_random(60) as usize)
+        .collect();
     let mut sent = BTreeMap::new();
     for (i, (file, label)) in files.iter().enumerate() {
         let bytes = std::fs::read(file).unwrap();
@@ -530,11 +662,22 @@ fn stream_with_disruptions(disrupt_broker: bool) {
                 ack["id"].as_str().unwrap().to_string(),
                 ack["label"].as_str().unwrap().to_string(),
             );
-            assert!(stored.contains_key(&key), "acked sample {key:?} is not in the store");
-            assert_eq!(sent.get(&key.0), Some(&key.1), "ack for something never sent");
+            assert!(
+                stored.contains_key(&key),
+                "acked sample {key:?} is not in the store"
+            );
+            assert_eq!(
+                sent.get(&key.0),
+                Some(&key.1),
+                "ack for something never sent"
+            );
         }
     }
-    assert!(accepted >= 100, "only {accepted} samples accepted:\n{}", daemon.log());
+    assert!(
+        accepted >= 100,
+        "only {accepted} samples accepted:\n{}",
+        daemon.log()
+    );
     assert!(stored.len() <= 300);
 }
 
@@ -553,8 +696,15 @@ fn a_corrupt_head_version_falls_back_to_the_previous_one() {
     let broker = Mosquitto::start();
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
-    let idle = replay_dir(tmp.path(), "idle", &[(class_files("rps", "rock")[0].clone(), "x".into())]);
-    let sub = Subscriber::connect(broker.port(), &[&topic("availability"), &topic("ack"), &topic("prediction")]);
+    let idle = replay_dir(
+        tmp.path(),
+        "idle",
+        &[(class_files("rps", "rock")[0].clone(), "x".into())],
+    );
+    let sub = Subscriber::connect(
+        broker.port(),
+        &[&topic("availability"), &topic("ack"), &topic("prediction")],
+    );
     let mut daemon = Daemon::start(tmp.path(), &broker, &state, &idle, true);
     wait_online(&sub, &daemon);
     for round in 0..2 {
@@ -571,11 +721,16 @@ fn a_corrupt_head_version_falls_back_to_the_previous_one() {
     {
         let conn = rusqlite::Connection::open(state.join("glimpse.db")).unwrap();
         let mut bytes: Vec<u8> = conn
-            .query_row("SELECT bytes FROM heads WHERE version = 2 AND active = 1", [], |r| r.get(0))
+            .query_row(
+                "SELECT bytes FROM heads WHERE version = 2 AND active = 1",
+                [],
+                |r| r.get(0),
+            )
             .expect("head v2 is active");
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0x55;
-        conn.execute("UPDATE heads SET bytes = ?1 WHERE version = 2", [bytes]).unwrap();
+        conn.execute("UPDATE heads SET bytes = ?1 WHERE version = 2", [bytes])
+            .unwrap();
     }
     sub.clear();
     let mut daemon = Daemon::start(tmp.path(), &broker, &state, &idle, true);
@@ -585,16 +740,28 @@ fn a_corrupt_head_version_falls_back_to_the_previous_one() {
     let ack = json_of(&ack);
     assert_eq!(ack["command"], "restore_head", "{ack}");
     let reason = ack["reason"].as_str().unwrap();
-    assert!(reason.contains("head v2") && reason.contains("v1"), "{reason}");
-    let prediction = sub.wait_for(common::WAIT * 3, |m| m.topic == topic("prediction")).expect("prediction");
+    assert!(
+        reason.contains("head v2") && reason.contains("v1"),
+        "{reason}"
+    );
+    let prediction = sub
+        .wait_for(common::WAIT * 3, |m| m.topic == topic("prediction"))
+        .expect("prediction");
     assert_eq!(json_of(&prediction)["head_version"], 1);
     daemon.stop();
-    assert!(daemon.log().contains("head v2 in the store"), "{}", daemon.log());
+    assert!(
+        daemon.log().contains("head v2 in the store"),
+        "{}",
+        daemon.log()
+    );
     // Rollback: v1 is the oldest, so there is nothing older to go to.
     sub.clear();
     let mut daemon = Daemon::start(tmp.path(), &broker, &state, &idle, true);
     wait_online(&sub, &daemon);
     let (ok, out) = glimpse(&broker, &["rollback"]);
-    assert!(!ok && out.contains("no usable head version older than v1"), "{out}");
+    assert!(
+        !ok && out.contains("no usable head version older than v1"),
+        "{out}"
+    );
     daemon.stop();
 }

@@ -24,7 +24,11 @@ use crate::mqtt::topics::{validate_level, validate_prefix, Topics};
 #[derive(Debug, Clone, Args)]
 pub struct DeviceArgs {
     /// Broker URL: mqtt://host[:port] or mqtts://host[:port] (system CA bundle).
-    #[arg(long, default_value = "mqtt://localhost:1883", env = "GLIMPSE_MQTT_URL")]
+    #[arg(
+        long,
+        default_value = "mqtt://localhost:1883",
+        env = "GLIMPSE_MQTT_URL"
+    )]
     pub url: String,
     /// Topic prefix the device uses.
     #[arg(long, default_value = "glimpse")]
@@ -142,7 +146,10 @@ impl Session {
             match ready.recv_timeout(left) {
                 Ok(Ok(())) => break,
                 Ok(Err(err)) => log::warn!("broker {}: {err}", args.url),
-                Err(_) => bail!("cannot reach the broker at {} (subscribe not acknowledged)", args.url),
+                Err(_) => bail!(
+                    "cannot reach the broker at {} (subscribe not acknowledged)",
+                    args.url
+                ),
             }
         }
         Ok(Session {
@@ -230,9 +237,8 @@ pub fn collect_files(
                 }
             }
         } else {
-            let label = label.with_context(|| {
-                format!("{}: a file needs --label", path.display())
-            })?;
+            let label =
+                label.with_context(|| format!("{}: a file needs --label", path.display()))?;
             out.push((path.clone(), label.to_string()));
         }
     }
@@ -272,7 +278,10 @@ pub fn send(args: &SendArgs) -> anyhow::Result<bool> {
     }
     let session = Session::connect(&args.device)?;
     let mut all_ok = true;
-    println!("{:<8} {:<12} {:>5}  file (reason)", "status", "label", "count");
+    println!(
+        "{:<8} {:<12} {:>5}  file (reason)",
+        "status", "label", "count"
+    );
     for (file, label) in &files {
         let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
         let id = content_hash(&bytes);

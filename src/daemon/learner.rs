@@ -152,16 +152,12 @@ fn refusal_ack(received: &Received) -> Ack {
             Some(label.clone()),
             AckStatus::Rejected,
         ),
-        Incoming::SampleJson => Ack::sample(
-            json_id_hint(&received.payload),
-            None,
-            AckStatus::Rejected,
-        ),
-        Incoming::Command { name } => Ack::command(
-            json_id_hint(&received.payload),
-            name,
-            AckStatus::Rejected,
-        ),
+        Incoming::SampleJson => {
+            Ack::sample(json_id_hint(&received.payload), None, AckStatus::Rejected)
+        }
+        Incoming::Command { name } => {
+            Ack::command(json_id_hint(&received.payload), name, AckStatus::Rejected)
+        }
     }
 }
 
@@ -403,12 +399,19 @@ impl Worker {
         }
         let accepted = Ack::command(id.clone(), name, AckStatus::Accepted);
         let result = match command {
-            Command::Retrain { force } => self.retrain("command", force).map(|(version, accepted_by_gate, reason)| Ack {
-                head_version: version,
-                reason: Some(reason),
-                status: Some(if accepted_by_gate { AckStatus::Accepted } else { AckStatus::Rejected }),
-                ..accepted.clone()
-            }),
+            Command::Retrain { force } => {
+                self.retrain("command", force)
+                    .map(|(version, accepted_by_gate, reason)| Ack {
+                        head_version: version,
+                        reason: Some(reason),
+                        status: Some(if accepted_by_gate {
+                            AckStatus::Accepted
+                        } else {
+                            AckStatus::Rejected
+                        }),
+                        ..accepted.clone()
+                    })
+            }
             Command::Rollback => self.rollback().map(|version| Ack {
                 head_version: Some(version),
                 ..accepted.clone()
@@ -437,7 +440,11 @@ impl Worker {
 
     /// Trains on every stored sample, gates, stores + swaps when accepted, publishes the report.
     /// Returns (active version, accepted by the gate, gate reason).
-    fn retrain(&mut self, trigger: &str, force: bool) -> Result<(Option<u64>, bool, String), String> {
+    fn retrain(
+        &mut self,
+        trigger: &str,
+        force: bool,
+    ) -> Result<(Option<u64>, bool, String), String> {
         self.since_training = 0;
         let started = Instant::now();
         let samples = self
@@ -479,8 +486,7 @@ impl Worker {
             ..TrainConfig::default()
         };
         let hashes: Vec<&str> = samples.iter().map(|s| s.content_hash.as_str()).collect();
-        let (train_idx, val_idx) =
-            holdout_split(&hashes, &labels, cfg.validation_split, cfg.seed);
+        let (train_idx, val_idx) = holdout_split(&hashes, &labels, cfg.validation_split, cfg.seed);
         let new_head = train_with_split(
             &data,
             &train_idx,

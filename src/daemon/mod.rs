@@ -19,19 +19,19 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
+use crate::learn::head::{Head, HeadError};
+use crate::mqtt::link::MqttLink;
 use crate::mqtt::messages::learning::{Ack, AckStatus};
 use crate::mqtt::topics::Outgoing;
 use crate::store::Store;
-use learner::{restore_head, Learner, LearnerSettings, Outbound};
-use recent::{RecentFrame, RecentFrames};
-use crate::learn::head::{Head, HeadError};
-use crate::mqtt::link::MqttLink;
 use crate::systemd::{watchdog_interval, Notifier, WatchdogGate};
 use crate::vision::backbone::{set_threads, Backbone, BackboneOptions};
 use crate::vision::decode::DecodeLimits;
 use crate::vision::manifest::ModelManifest;
+use learner::{restore_head, Learner, LearnerSettings, Outbound};
 use pipeline::{LoadedHead, Pipeline, PipelineSettings};
 use publish::Publisher;
+use recent::{RecentFrame, RecentFrames};
 
 /// Why the daemon could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -121,9 +121,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             payload: serde_json::to_vec(&ack).unwrap_or_default(),
         });
     }
-    let recent = Arc::new(Mutex::new(RecentFrames::new(
-        config.learning.recent_frames,
-    )));
+    let recent = Arc::new(Mutex::new(RecentFrames::new(config.learning.recent_frames)));
     let (learner_tx, mut learner_out) = mpsc::channel::<Outbound>(64);
     let learner = Learner::start(
         store,

@@ -26,7 +26,9 @@ pub enum Rejection {
     EmptyLabel,
     #[error("label is {chars} characters, the limit is {MAX_LABEL_CHARS}")]
     LabelTooLong { chars: usize },
-    #[error("label {label:?} contains {bad:?}, which is not allowed (no / + # or control characters)")]
+    #[error(
+        "label {label:?} contains {bad:?}, which is not allowed (no / + # or control characters)"
+    )]
     LabelBadChar { label: String, bad: char },
     #[error("label is not valid UTF-8")]
     LabelNotUtf8,
@@ -268,7 +270,10 @@ mod tests {
         assert_eq!(s.content, SampleContent::Image(vec![0, 1, 2]));
         let bad = |p: &[u8]| parse_json_sample(p, &LIMITS).unwrap_err();
         assert!(matches!(bad(b"{not json"), Rejection::BadJson(_)));
-        assert!(matches!(bad(br#"{"label":"a"}"#), Rejection::NeedImageOrFrame));
+        assert!(matches!(
+            bad(br#"{"label":"a"}"#),
+            Rejection::NeedImageOrFrame
+        ));
         assert!(matches!(
             bad(br#"{"label":"a","image":"AAEC","frame_id":1}"#),
             Rejection::NeedImageOrFrame
@@ -290,7 +295,10 @@ mod tests {
             Rejection::BadJson(_)
         ));
         assert_eq!(bad(b""), Rejection::EmptyPayload);
-        assert_eq!(json_id_hint(br#"{"id":"q","label":"a/b"}"#).as_deref(), Some("q"));
+        assert_eq!(
+            json_id_hint(br#"{"id":"q","label":"a/b"}"#).as_deref(),
+            Some("q")
+        );
         assert_eq!(json_id_hint(b"nope"), None);
     }
 
@@ -327,7 +335,11 @@ mod tests {
         counts.insert("a".to_string(), 3);
         assert!(matches!(
             check_quota(&counts, "a", &LIMITS),
-            Err(Rejection::LabelQuota { count: 3, max: 3, .. })
+            Err(Rejection::LabelQuota {
+                count: 3,
+                max: 3,
+                ..
+            })
         ));
         assert!(check_quota(&counts, "b", &LIMITS).is_ok());
         counts.insert("b".to_string(), 1);
