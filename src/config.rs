@@ -90,6 +90,56 @@ impl Default for PipelineConfig {
     }
 }
 
+/// `[learning]`: teaching over MQTT (docs/learning.md): sample limits, quotas, retraining.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LearningConfig {
+    /// Accept samples and commands at all; off = they are rejected with a reason.
+    pub enabled: bool,
+    /// Retrain after this many newly accepted samples; 0 = only on `cmd/retrain`.
+    pub retrain_after: u32,
+    /// Largest sample payload (image bytes, or the whole JSON message), in bytes.
+    pub max_sample_bytes: usize,
+    /// Largest sample image, in pixels (width * height), checked before decoding.
+    pub max_sample_pixels: u64,
+    /// Samples kept per label at most; more are rejected (`forget` frees room).
+    pub max_per_label: u64,
+    /// Samples kept in total at most.
+    pub max_total: u64,
+    /// Distinct labels at most.
+    pub max_labels: u64,
+    /// Recent frames (embedding + thumbnail) kept so an operator can label `frame_id`.
+    pub recent_frames: usize,
+    /// Longest side of the stored JPEG thumbnails, in pixels.
+    pub thumbnail_px: u32,
+    /// The acceptance gate: a new head may score at most this much below the active one on the
+    /// same validation samples.
+    pub gate_tolerance: f32,
+    /// Validation fraction of the fixed-seed stratified split.
+    pub validation_split: f32,
+    /// Seed of the split.
+    pub seed: u64,
+}
+
+impl Default for LearningConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            retrain_after: 20,
+            max_sample_bytes: 4 << 20,
+            max_sample_pixels: 25_000_000,
+            max_per_label: 5_000,
+            max_total: 50_000,
+            max_labels: 200,
+            recent_frames: 64,
+            thumbnail_px: 96,
+            gate_tolerance: 0.02,
+            validation_split: 0.2,
+            seed: 123,
+        }
+    }
+}
+
 /// `[log]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -118,6 +168,7 @@ pub struct Config {
     /// The broker link, topics, publish policy (`[mqtt.publish]`) and Home Assistant discovery.
     pub mqtt: MqttConfig,
     pub pipeline: PipelineConfig,
+    pub learning: LearningConfig,
     pub log: LogConfig,
 }
 
@@ -293,6 +344,31 @@ fn validate(file: &Path, config: &Config) -> Result<(), ConfigError> {
             "pipeline.skip_unchanged_below",
             "must be 0 (off) or positive",
         ));
+    }
+    let learning = &config.learning;
+    if learning.max_sample_bytes == 0 || learning.max_sample_bytes > config.mqtt.max_packet_bytes {
+        return Err(key(
+            "learning.max_sample_bytes",
+            "must be at least 1 and at most mqtt.max_packet_bytes (larger samples never arrive)",
+        ));
+    }
+    if learning.max_sample_pixels == 0 {
+        return Err(key("learning.max_sample_pixels", "must be at least 1"));
+    }
+    if learning.max_per_label == 0 || learning.max_total == 0 || learning.max_labels < 2 {
+        return Err(key(
+            "learning.max_per_label/max_total/max_labels",
+            "quotas must be at least 1 (max_labels at least 2)",
+        ));
+    }
+    if !(8..=512).contains(&learning.thumbnail_px) {
+        return Err(key("learning.thumbnail_px", "must be between 8 and 512"));
+    }
+    if !(0.0..=1.0).contains(&learning.gate_tolerance) {
+        return Err(key("learning.gate_tolerance", "must be between 0 and 1"));
+    }
+    if !(0.0..0.9).contains(&learning.validation_split) {
+        return Err(key("learning.validation_split", "must be in [0, 0.9)"));
     }
     let invalid = |message: String| ConfigError::Invalid {
         path: file.to_path_buf(),

@@ -11,5 +11,6 @@ pub mod learn; // the trainable head: dataset scan, embedding cache, training, m
 pub mod mqtt; // topics, payloads, publish policy, the rumqttc link
 pub mod procstat; // resident memory of this process (stats topic, bench)
 pub mod source; // frame sources: camera (nokhwa V4L2), exec (MJPEG from a child's stdout), dir/file replay
+pub mod store; // samples and head versions in SQLite (<state_dir>/glimpse.db)
 pub mod systemd; // sd_notify, watchdog gating, journald detection
 pub mod vision; // model manifests, model fetch, image decode + preprocess, the tract backbone

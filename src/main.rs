@@ -40,6 +40,14 @@ enum Command {
     Capture(cli::capture::CaptureArgs),
     /// Print what devices publish (predictions, state, stats, availability).
     Watch(cli::watch::WatchArgs),
+    /// Teach a device: send labeled images as samples and wait for each ack.
+    Send(cli::send::SendArgs),
+    /// List a device's labels and sample counts.
+    Samples(cli::send::DeviceArgs),
+    /// Ask a device to retrain its head now.
+    Retrain(cli::send::RetrainArgs),
+    /// Ask a device to go back to its previous head version.
+    Rollback(cli::send::DeviceArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +71,10 @@ fn main() -> ExitCode {
         Command::CheckConfig(args) => cli::run::check(args).map(|()| true),
         Command::Capture(args) => cli::capture::run(args).map(|()| true),
         Command::Watch(args) => cli::watch::watch(args).map(|()| true),
+        Command::Send(args) => cli::send::send(args),
+        Command::Samples(args) => cli::send::samples(args),
+        Command::Retrain(args) => cli::send::retrain(args),
+        Command::Rollback(args) => cli::send::rollback(args),
     };
     match outcome {
         Ok(true) => ExitCode::SUCCESS,

@@ -6,5 +6,6 @@ pub mod classify; // glimpse classify: ImageNet or trained-head top-k for image 
 pub mod common; // arguments shared by subcommands (model manifest, threads, resize mode)
 pub mod fetch; // glimpse fetch-model: download + verify a model named by a manifest
 pub mod run; // glimpse run (the daemon) and glimpse check-config
+pub mod send; // glimpse send / samples / retrain / rollback: teaching a device over MQTT
 pub mod train; // glimpse train: class-per-folder dataset -> embeddings (cached) -> head file
 pub mod watch; // `glimpse watch`: print what devices publish

@@ -5,12 +5,14 @@
 //! availability topic and exit 0.
 
 pub mod change; // skip frames that barely changed (grey-thumbnail difference)
+pub mod learner; // samples + commands -> store, acks, retraining, hot swap (its own thread)
 pub mod meter; // rolling latency windows and rates for the stats topic
 pub mod pipeline; // capture -> decode -> backbone -> head threads with newest-wins hand-offs
 pub mod publish; // prediction events -> MQTT messages through the publish policy
+pub mod recent; // the ring of recent frames (embedding + thumbnail) an operator can label
 pub mod slot; // the newest-wins single-slot hand-off between pipeline threads
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -19,12 +21,17 @@ use tokio::sync::mpsc;
 use crate::config::Config;
 use crate::learn::head::{Head, HeadError};
 use crate::mqtt::link::MqttLink;
+use crate::mqtt::messages::learning::{Ack, AckStatus};
+use crate::mqtt::topics::Outgoing;
+use crate::store::Store;
 use crate::systemd::{watchdog_interval, Notifier, WatchdogGate};
 use crate::vision::backbone::{set_threads, Backbone, BackboneOptions};
 use crate::vision::decode::DecodeLimits;
 use crate::vision::manifest::ModelManifest;
+use learner::{restore_head, Learner, LearnerSettings, Outbound};
 use pipeline::{LoadedHead, Pipeline, PipelineSettings};
 use publish::Publisher;
+use recent::{RecentFrame, RecentFrames};
 
 /// Why the daemon could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -76,10 +83,29 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         Backbone::load(&manifest, &BackboneOptions { threads })
             .map_err(|e| DaemonError::Config(format!("model.manifest: {e}")))?,
     );
-    let head_path = config.head_path();
-    let head = Arc::new(ArcSwapOption::from(
-        load_start_head(&head_path, &backbone).map(Arc::new),
-    ));
+    // The active head comes from the store; a corrupt version falls back to the previous one.
+    // A store without heads falls back to the configured head file (trained offline).
+    let state_dir = config.state_dir();
+    let mut store = Store::open_in(&state_dir).map_err(|e| DaemonError::Runtime(e.to_string()))?;
+    let (stored_head, head_errors) = restore_head(&mut store, backbone.fingerprint())
+        .map_err(|e| DaemonError::Runtime(e.to_string()))?;
+    for error in &head_errors {
+        log::error!("{error}");
+    }
+    let start_head = match stored_head {
+        Some(head) => {
+            log::info!(
+                "head v{} from {}: {}",
+                head.version,
+                store.path().display(),
+                head.head.classes().join(", ")
+            );
+            Some(head)
+        }
+        None if head_errors.is_empty() => load_start_head(&config.head_path(), &backbone),
+        None => None,
+    };
+    let head = Arc::new(ArcSwapOption::from(start_head.map(Arc::new)));
     let source = crate::source::open(&config.source)
         .map_err(|e| DaemonError::Runtime(format!("cannot open source: {e}")))?;
     log::info!("source: {}", source.describe());
@@ -88,6 +114,30 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         MqttLink::start(&config.mqtt).map_err(|e| DaemonError::Config(e.to_string()))?;
     let mut publisher = Publisher::new(&config, &manifest.name, link);
     publisher.announce_discovery(&head);
+    if !head_errors.is_empty() {
+        let ack = Ack::command(None, "restore_head", AckStatus::Rejected)
+            .with_reason(head_errors.join("; "));
+        publisher.send(Outbound {
+            kind: Outgoing::Ack,
+            payload: serde_json::to_vec(&ack).unwrap_or_default(),
+        });
+    }
+    let recent = Arc::new(Mutex::new(RecentFrames::new(config.learning.recent_frames)));
+    let (learner_tx, mut learner_out) = mpsc::channel::<Outbound>(64);
+    let learner = Learner::start(
+        store,
+        backbone.clone(),
+        head.clone(),
+        recent.clone(),
+        LearnerSettings {
+            device: config.mqtt.device_id.clone(),
+            learning: config.learning.clone(),
+            state_dir: state_dir.clone(),
+            resize: config.model.resize,
+        },
+        learner_tx,
+    )
+    .map_err(|e| DaemonError::Runtime(format!("cannot start the learner thread: {e}")))?;
 
     let (events_tx, mut events) = mpsc::channel(16);
     let settings = PipelineSettings {
@@ -95,6 +145,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         limits: DecodeLimits::default(),
         skip_unchanged_below: config.pipeline.skip_unchanged_below,
         top_k: config.model.top_k,
+        thumbnail_px: if config.learning.recent_frames > 0 {
+            config.learning.thumbnail_px
+        } else {
+            0
+        },
     };
     let pipeline = Pipeline::start(source, backbone.clone(), head.clone(), settings, events_tx)
         .map_err(|e| DaemonError::Runtime(format!("cannot start pipeline threads: {e}")))?;
@@ -127,7 +182,15 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     loop {
         tokio::select! {
             event = events.recv() => match event {
-                Some(event) => publisher.prediction(&event),
+                Some(event) => {
+                    publisher.prediction(&event);
+                    let mut ring = recent.lock().unwrap_or_else(|p| p.into_inner());
+                    ring.push(RecentFrame {
+                        frame_id: event.frame_id,
+                        embedding: event.embedding,
+                        thumbnail: event.thumbnail,
+                    });
+                }
                 None => {
                     log::info!("pipeline finished (source ended)");
                     break;
@@ -160,9 +223,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             }
             received = incoming.recv() => {
                 if let Some(received) = received {
-                    publisher.incoming(received);
+                    if let Err(busy) = learner.submit(received) {
+                        publisher.send(busy);
+                    }
                 }
             }
+            Some(message) = learner_out.recv() => publisher.send(message),
             _ = sigterm.recv() => {
                 log::info!("SIGTERM: stopping");
                 break;
@@ -177,6 +243,14 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         log::debug!("sd_notify STOPPING: {err}");
     }
     pipeline.stop();
+    // Let the learner finish what it holds and publish its last acks before disconnecting.
+    let learner_done = tokio::task::spawn_blocking(move || learner.stop());
+    while let Ok(Some(message)) =
+        tokio::time::timeout(Duration::from_secs(10), learner_out.recv()).await
+    {
+        publisher.send(message);
+    }
+    let _ = learner_done.await;
     publisher.shutdown().await;
     Ok(())
 }

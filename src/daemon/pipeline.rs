@@ -18,6 +18,7 @@ use super::change::ChangeFilter;
 use super::meter::LatencyWindow;
 use super::slot::LatestSlot;
 use crate::learn::head::Head;
+use crate::learn::thumbnail::jpeg_thumbnail;
 use crate::mqtt::messages::Scored;
 use crate::source::{Frame, FrameData, FrameSource, HealthProbe};
 use crate::vision::backbone::Backbone;
@@ -70,6 +71,9 @@ pub struct PredictionEvent {
     pub latency: Duration,
     pub head_version: Option<u64>,
     pub embedding: Vec<f32>,
+    /// A small JPEG of the frame (made in the decode thread), kept in the recent-frames ring so
+    /// an operator can label this frame later; `None` when thumbnails are off.
+    pub thumbnail: Option<Vec<u8>>,
 }
 
 /// Per-stage latency windows.
@@ -137,6 +141,8 @@ pub struct PipelineSettings {
     pub limits: DecodeLimits,
     pub skip_unchanged_below: f32,
     pub top_k: usize,
+    /// Longest side of each frame's thumbnail; 0 = no thumbnails.
+    pub thumbnail_px: u32,
 }
 
 /// A frame after decode + preprocess, waiting for the backbone.
@@ -144,6 +150,7 @@ struct Prepared {
     frame_id: u64,
     captured_at: SystemTime,
     tensor: Vec<f32>,
+    thumbnail: Option<Vec<u8>>,
 }
 
 /// The running pipeline.
@@ -261,6 +268,9 @@ impl Pipeline {
                             log::warn!("frame {}: {err}", frame.id);
                             continue;
                         }
+                        let thumbnail = (settings.thumbnail_px > 0)
+                            .then(|| jpeg_thumbnail(&image, settings.thumbnail_px))
+                            .flatten();
                         let done = Instant::now();
                         stats.with_stages(|s| {
                             s.decode.record(decoded - started);
@@ -270,6 +280,7 @@ impl Pipeline {
                             frame_id: frame.id,
                             captured_at: frame.captured_at,
                             tensor,
+                            thumbnail,
                         };
                         if tensors.put(prepared) {
                             stats.tensor_slot_drops.fetch_add(1, Ordering::Relaxed);
@@ -391,5 +402,6 @@ fn infer(
         latency,
         head_version,
         embedding: output.embedding,
+        thumbnail: prepared.thumbnail,
     })
 }

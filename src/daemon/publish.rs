@@ -199,6 +199,13 @@ impl Publisher {
         );
     }
 
+    /// Queues a learner message (ack or training report) on its topic.
+    pub fn send(&self, message: super::learner::Outbound) {
+        if let Err(err) = self.link.publish_to(message.kind, message.payload) {
+            log::warn!("{}: {err}", message.kind.suffix());
+        }
+    }
+
     /// Publishes `stopped` (retained) and disconnects.
     pub async fn shutdown(self) {
         self.link.shutdown().await;

@@ -3,6 +3,9 @@
 
 pub mod cache; // embeddings cached on disk, keyed by image content + backbone fingerprint
 pub mod dataset; // class-per-folder scan and the stratified split
+pub mod gate; // the acceptance gate: does a new head replace the active one
 pub mod head; // forward pass and the versioned, checksummed head file
+pub mod ingest; // sample validation: labels, sizes, JSON forms, image headers, quotas
 pub mod metrics; // accuracy, per-class precision / recall, confusion matrix
+pub mod thumbnail; // small JPEG thumbnails of samples and recent frames
 pub mod train; // optimizer, validation split, early stopping, training report

@@ -1,0 +1,400 @@
+//! Operator tools for teaching a device over MQTT: `glimpse send` (images -> samples, waiting for
+//! each ack), `glimpse samples` (labels and counts), `glimpse retrain` and `glimpse rollback`.
+//!
+//! Every request is matched with its ack by id: a raw image's id is the sha256 of its bytes (what
+//! the device computes too), a command's id is made here. Nothing is fire-and-forget: a missing
+//! ack is reported as `timeout`, and any sample not `accepted`/`duplicate` makes the exit code 1.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use serde_json::{json, Value};
+
+use crate::learn::cache::content_hash;
+use crate::learn::ingest::validate_label;
+use crate::mqtt::config::{parse_broker_url, Scheme, SYSTEM_CA_BUNDLE};
+use crate::mqtt::messages::learning::{Ack, AckStatus};
+use crate::mqtt::topics::{validate_level, validate_prefix, Topics};
+
+/// Which device, on which broker.
+#[derive(Debug, Clone, Args)]
+pub struct DeviceArgs {
+    /// Broker URL: mqtt://host[:port] or mqtts://host[:port] (system CA bundle).
+    #[arg(
+        long,
+        default_value = "mqtt://localhost:1883",
+        env = "GLIMPSE_MQTT_URL"
+    )]
+    pub url: String,
+    /// Topic prefix the device uses.
+    #[arg(long, default_value = "glimpse")]
+    pub prefix: String,
+    /// The device id.
+    #[arg(long)]
+    pub device: String,
+    /// Seconds to wait for each ack.
+    #[arg(long, default_value_t = 60)]
+    pub timeout_s: u64,
+    /// Username for brokers that require authentication.
+    #[arg(long)]
+    pub username: Option<String>,
+    /// Name of an environment variable holding the password.
+    #[arg(long, requires = "username")]
+    pub password_env: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SendArgs {
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// The label of every file; without it each DIR is read as class-per-folder.
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Images (JPEG, PNG, BMP) or directories.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RetrainArgs {
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Accept the new head even if the gate would keep the active one.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// A connected client that sees the device's acks.
+struct Session {
+    client: Client,
+    topics: Topics,
+    acks: Receiver<Ack>,
+    timeout: Duration,
+}
+
+impl Session {
+    fn connect(args: &DeviceArgs) -> anyhow::Result<Session> {
+        validate_prefix(&args.prefix).context("--prefix")?;
+        validate_level("device id", &args.device).context("--device")?;
+        let topics = Topics::new(&args.prefix, &args.device)?;
+        let broker = parse_broker_url(&args.url)
+            .map_err(anyhow::Error::msg)
+            .context("--url")?;
+        let mut options = MqttOptions::new(
+            format!("glimpse-send-{}", std::process::id()),
+            broker.host.clone(),
+            broker.port,
+        );
+        options.set_keep_alive(Duration::from_secs(30));
+        options.set_max_packet_size(256 * 1024, 64 * 1024 * 1024);
+        if let Some(user) = &args.username {
+            let password = match &args.password_env {
+                Some(name) => std::env::var(name)
+                    .with_context(|| format!("--password-env: {name} is not set"))?,
+                None => String::new(),
+            };
+            options.set_credentials(user.clone(), password);
+        }
+        if broker.scheme == Scheme::Mqtts {
+            let ca = std::fs::read(SYSTEM_CA_BUNDLE)
+                .with_context(|| format!("reading the CA bundle {SYSTEM_CA_BUNDLE}"))?;
+            options.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
+                ca,
+                alpn: None,
+                client_auth: None,
+            }));
+        }
+        let (client, mut connection) = Client::new(options, 64);
+        let (ack_tx, acks) = channel();
+        let (ready_tx, ready) = channel();
+        let ack_topic = topics.ack();
+        {
+            let client = client.clone();
+            std::thread::spawn(move || {
+                for event in connection.iter() {
+                    match event {
+                        Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                            let _ = client.try_subscribe(ack_topic.clone(), QoS::AtLeastOnce);
+                        }
+                        Ok(Event::Incoming(Packet::SubAck(_))) => {
+                            let _ = ready_tx.send(Ok(()));
+                        }
+                        Ok(Event::Incoming(Packet::Publish(p))) if p.topic == ack_topic => {
+                            if let Ok(ack) = serde_json::from_slice::<Ack>(&p.payload) {
+                                if ack_tx.send(ack).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
+                        Ok(_) => {}
+                        Err(err) => {
+                            let _ = ready_tx.send(Err(err.to_string()));
+                            std::thread::sleep(Duration::from_millis(500));
+                        }
+                    }
+                }
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(args.timeout_s.max(1));
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match ready.recv_timeout(left) {
+                Ok(Ok(())) => break,
+                Ok(Err(err)) => log::warn!("broker {}: {err}", args.url),
+                Err(_) => bail!(
+                    "cannot reach the broker at {} (subscribe not acknowledged)",
+                    args.url
+                ),
+            }
+        }
+        Ok(Session {
+            client,
+            topics,
+            acks,
+            timeout: Duration::from_secs(args.timeout_s.max(1)),
+        })
+    }
+
+    /// Waits for the first ack matching `pred`.
+    fn wait(&self, pred: impl Fn(&Ack) -> bool) -> Option<Ack> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.acks.recv_timeout(left) {
+                Ok(ack) if pred(&ack) => return Some(ack),
+                Ok(_) => continue,
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
+                    return None
+                }
+            }
+        }
+    }
+
+    /// Sends a command and waits for its ack.
+    fn command(&self, name: &str, mut args: Value) -> anyhow::Result<Ack> {
+        let id = format!(
+            "cli-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos()
+        );
+        args["id"] = Value::String(id.clone());
+        self.client
+            .publish(
+                self.topics.command(name),
+                QoS::AtLeastOnce,
+                false,
+                serde_json::to_vec(&args)?,
+            )
+            .context("queueing the command")?;
+        self.wait(|a| a.id.as_deref() == Some(id.as_str()) && a.command.as_deref() == Some(name))
+            .with_context(|| format!("no ack for {name} within {:?}", self.timeout))
+    }
+
+    fn close(self) {
+        let _ = self.client.disconnect();
+    }
+}
+
+/// Image files to send with their labels: files take `--label`; a directory takes `--label` for
+/// its images, or without it is class-per-folder (each subfolder a label).
+pub fn collect_files(
+    paths: &[PathBuf],
+    label: Option<&str>,
+) -> anyhow::Result<Vec<(PathBuf, String)>> {
+    let mut out = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            match label {
+                Some(label) => {
+                    for file in images_in(path)? {
+                        out.push((file, label.to_string()));
+                    }
+                }
+                None => {
+                    let mut classes: Vec<PathBuf> = std::fs::read_dir(path)
+                        .with_context(|| format!("reading {}", path.display()))?
+                        .filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| p.is_dir())
+                        .collect();
+                    classes.sort();
+                    for class in classes {
+                        let name = class
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default();
+                        for file in images_in(&class)? {
+                            out.push((file, name.clone()));
+                        }
+                    }
+                }
+            }
+        } else {
+            let label =
+                label.with_context(|| format!("{}: a file needs --label", path.display()))?;
+            out.push((path.clone(), label.to_string()));
+        }
+    }
+    for (file, label) in &out {
+        validate_label(label)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("{}: label {label:?}", file.display()))?;
+    }
+    Ok(out)
+}
+
+fn images_in(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .map(|e| {
+                    matches!(
+                        e.to_ascii_lowercase().as_str(),
+                        "jpg" | "jpeg" | "png" | "bmp"
+                    )
+                })
+                .unwrap_or(false)
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// `glimpse send`: true when every file was accepted (or was already stored).
+pub fn send(args: &SendArgs) -> anyhow::Result<bool> {
+    let files = collect_files(&args.paths, args.label.as_deref())?;
+    if files.is_empty() {
+        bail!("no images found in the given paths");
+    }
+    let session = Session::connect(&args.device)?;
+    let mut all_ok = true;
+    println!(
+        "{:<8} {:<12} {:>5}  file (reason)",
+        "status", "label", "count"
+    );
+    for (file, label) in &files {
+        let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+        let id = content_hash(&bytes);
+        session
+            .client
+            .publish(
+                session.topics.sample_image(label),
+                QoS::AtLeastOnce,
+                false,
+                bytes,
+            )
+            .context("queueing a sample")?;
+        let ack = session.wait(|a| {
+            a.id.as_deref() == Some(id.as_str())
+                && a.command.is_none()
+                && a.label.as_deref().map_or(true, |l| l == label)
+        });
+        let (status, count, reason) = match &ack {
+            Some(a) => (
+                match a.status {
+                    Some(AckStatus::Accepted) => "accepted",
+                    Some(AckStatus::Duplicate) => "duplicate",
+                    _ => "rejected",
+                },
+                a.count.map(|c| c.to_string()).unwrap_or_default(),
+                a.reason.clone().unwrap_or_default(),
+            ),
+            None => ("timeout", String::new(), "no ack".to_string()),
+        };
+        if !matches!(status, "accepted" | "duplicate") {
+            all_ok = false;
+        }
+        let reason = if reason.is_empty() {
+            String::new()
+        } else {
+            format!(" ({reason})")
+        };
+        println!(
+            "{status:<8} {label:<12} {count:>5}  {}{reason}",
+            file.display()
+        );
+    }
+    session.close();
+    Ok(all_ok)
+}
+
+fn print_ack(ack: &Ack) -> bool {
+    let ok = ack.status == Some(AckStatus::Accepted);
+    println!(
+        "{}: {}{}{}",
+        ack.command.as_deref().unwrap_or("?"),
+        if ok { "accepted" } else { "rejected" },
+        ack.head_version
+            .map(|v| format!(", head v{v}"))
+            .unwrap_or_default(),
+        ack.reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default()
+    );
+    ok
+}
+
+/// `glimpse samples`: labels and their sample counts.
+pub fn samples(args: &DeviceArgs) -> anyhow::Result<bool> {
+    let session = Session::connect(args)?;
+    let ack = session.command("labels", json!({}))?;
+    session.close();
+    if ack.status != Some(AckStatus::Accepted) {
+        return Ok(print_ack(&ack));
+    }
+    let labels = ack.labels.unwrap_or_default();
+    for (label, count) in &labels {
+        println!("{count:>6}  {label}");
+    }
+    println!("{:>6}  total", labels.values().sum::<u64>());
+    Ok(true)
+}
+
+/// `glimpse retrain`
+pub fn retrain(args: &RetrainArgs) -> anyhow::Result<bool> {
+    let session = Session::connect(&args.device)?;
+    let ack = session.command("retrain", json!({ "force": args.force }))?;
+    session.close();
+    Ok(print_ack(&ack))
+}
+
+/// `glimpse rollback`
+pub fn rollback(args: &DeviceArgs) -> anyhow::Result<bool> {
+    let session = Session::connect(args)?;
+    let ack = session.command("rollback", json!({}))?;
+    session.close();
+    Ok(print_ack(&ack))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collects_class_per_folder_and_labeled_files() {
+        let dir = tempfile::tempdir().unwrap();
+        for (class, file) in [("rock", "a.png"), ("rock", "b.jpg"), ("paper", "c.PNG")] {
+            std::fs::create_dir_all(dir.path().join(class)).unwrap();
+            std::fs::write(dir.path().join(class).join(file), b"x").unwrap();
+        }
+        std::fs::write(dir.path().join("rock/notes.txt"), b"x").unwrap();
+        let files = collect_files(&[dir.path().to_path_buf()], None).unwrap();
+        let labels: Vec<&str> = files.iter().map(|(_, l)| l.as_str()).collect();
+        assert_eq!(labels, ["paper", "rock", "rock"]);
+        let files = collect_files(&[dir.path().join("rock")], Some("stone")).unwrap();
+        assert_eq!(files.len(), 2);
+        assert!(collect_files(&[dir.path().join("rock/a.png")], None).is_err());
+        assert!(collect_files(&[dir.path().join("rock/a.png")], Some("a+b")).is_err());
+    }
+}
