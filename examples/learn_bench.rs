@@ -42,7 +42,7 @@ fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     for i in 0..n {
         let mut bytes = jpeg.clone();
-        bytes.extend_from_slice(&(i as u32).to_le_bytes()); // distinct content
+        bytes.extend_from_slice(&i.to_le_bytes()); // distinct content
         let hash = content_hash(&bytes);
         let img = decode_image(&jpeg, &DecodeLimits::default())?;
         let (out, _) = embedder.embed_image(&img)?;

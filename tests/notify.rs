@@ -80,7 +80,7 @@ fn ready_watchdog_only_while_frames_flow_and_stopping_on_sigterm() {
     let config_path = dir.path().join("glimpse.toml");
     std::fs::write(&config_path, config).unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_glimpse"))
+    let child = Command::new(env!("CARGO_BIN_EXE_glimpse"))
         .args(["run", "--config", config_path.to_str().unwrap()])
         .env("NOTIFY_SOCKET", &socket_path)
         .env("WATCHDOG_USEC", "2000000")

@@ -127,6 +127,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         limits: DecodeLimits::default(),
         skip_unchanged_below: 0.0,
         top_k: 3,
+        // As the daemon: every frame also gets the thumbnail the teaching ring keeps.
+        thumbnail_px: crate::config::LearningConfig::default().thumbnail_px,
     };
     // Capacity 16 as in the daemon; the drain keeps it empty, as a healthy publisher does.
     let (events_tx, mut events) = mpsc::channel(16);
