@@ -11,12 +11,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use rumqttc::{Client, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use rumqttc::{Client, Event, Packet, QoS};
 use serde_json::{json, Value};
 
 use crate::learn::cache::content_hash;
 use crate::learn::ingest::validate_label;
-use crate::mqtt::config::{parse_broker_url, Scheme, SYSTEM_CA_BUNDLE};
 use crate::mqtt::messages::learning::{Ack, AckStatus};
 use crate::mqtt::topics::{validate_level, validate_prefix, Topics};
 
@@ -81,33 +80,13 @@ impl Session {
         validate_prefix(&args.prefix).context("--prefix")?;
         validate_level("device id", &args.device).context("--device")?;
         let topics = Topics::new(&args.prefix, &args.device)?;
-        let broker = parse_broker_url(&args.url)
-            .map_err(anyhow::Error::msg)
-            .context("--url")?;
-        let mut options = MqttOptions::new(
-            format!("glimpse-send-{}", std::process::id()),
-            broker.host.clone(),
-            broker.port,
-        );
-        options.set_keep_alive(Duration::from_secs(30));
-        options.set_max_packet_size(256 * 1024, 64 * 1024 * 1024);
-        if let Some(user) = &args.username {
-            let password = match &args.password_env {
-                Some(name) => std::env::var(name)
-                    .with_context(|| format!("--password-env: {name} is not set"))?,
-                None => String::new(),
-            };
-            options.set_credentials(user.clone(), password);
-        }
-        if broker.scheme == Scheme::Mqtts {
-            let ca = std::fs::read(SYSTEM_CA_BUNDLE)
-                .with_context(|| format!("reading the CA bundle {SYSTEM_CA_BUNDLE}"))?;
-            options.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
-                ca,
-                alpn: None,
-                client_auth: None,
-            }));
-        }
+        let options = super::watch::operator_options(
+            &args.url,
+            "send",
+            args.username.as_deref(),
+            args.password_env.as_deref(),
+            (256 * 1024, 64 * 1024 * 1024),
+        )?;
         let (client, mut connection) = Client::new(options, 64);
         let (ack_tx, acks) = channel();
         let (ready_tx, ready) = channel();

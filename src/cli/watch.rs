@@ -185,31 +185,34 @@ pub fn watch_filters(prefix: &str, device: &str) -> Vec<String> {
         .collect()
 }
 
-/// Runs until `--count` messages were printed (forever without it).
-pub fn watch(args: &WatchArgs) -> anyhow::Result<()> {
-    validate_prefix(&args.prefix).context("--prefix")?;
-    if args.device != "+" {
-        validate_level("device id", &args.device).context("--device")?;
-    }
-    let broker = parse_broker_url(&args.url)
+/// MQTT options for the operator tools (`watch`, `send`, ...): broker URL, a per-process client
+/// id, keep-alive, packet limits `(incoming, outgoing)`, credentials from `--username` and the
+/// environment variable named by `--password-env`, and TLS with the system CA bundle.
+pub fn operator_options(
+    url: &str,
+    tool: &str,
+    username: Option<&str>,
+    password_env: Option<&str>,
+    (max_incoming, max_outgoing): (usize, usize),
+) -> anyhow::Result<MqttOptions> {
+    let broker = parse_broker_url(url)
         .map_err(anyhow::Error::msg)
         .context("--url")?;
     let mut options = MqttOptions::new(
-        format!("glimpse-watch-{}", std::process::id()),
+        format!("glimpse-{tool}-{}", std::process::id()),
         broker.host.clone(),
         broker.port,
     );
     options.set_keep_alive(Duration::from_secs(30));
-    // Training reports and stats can exceed rumqttc's 10 KiB default.
-    options.set_max_packet_size(16 * 1024 * 1024, 64 * 1024);
-    if let Some(user) = &args.username {
-        let password = match &args.password_env {
+    options.set_max_packet_size(max_incoming, max_outgoing);
+    if let Some(user) = username {
+        let password = match password_env {
             Some(name) => {
                 std::env::var(name).with_context(|| format!("--password-env: {name} is not set"))?
             }
             None => String::new(),
         };
-        options.set_credentials(user.clone(), password);
+        options.set_credentials(user.to_string(), password);
     }
     if broker.scheme == Scheme::Mqtts {
         let ca = std::fs::read(SYSTEM_CA_BUNDLE)
@@ -220,6 +223,23 @@ pub fn watch(args: &WatchArgs) -> anyhow::Result<()> {
             client_auth: None,
         }));
     }
+    Ok(options)
+}
+
+/// Runs until `--count` messages were printed (forever without it).
+pub fn watch(args: &WatchArgs) -> anyhow::Result<()> {
+    validate_prefix(&args.prefix).context("--prefix")?;
+    if args.device != "+" {
+        validate_level("device id", &args.device).context("--device")?;
+    }
+    // Training reports and stats can exceed rumqttc's 10 KiB default.
+    let options = operator_options(
+        &args.url,
+        "watch",
+        args.username.as_deref(),
+        args.password_env.as_deref(),
+        (16 * 1024 * 1024, 64 * 1024),
+    )?;
     let filters = watch_filters(&args.prefix, &args.device);
     let (client, mut connection) = Client::new(options, 16);
     let mut printed = 0usize;
