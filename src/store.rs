@@ -42,7 +42,16 @@ const MIGRATIONS: &[&str] = &[
         report TEXT NOT NULL,
         active INTEGER NOT NULL DEFAULT 0
     );",
+    // 1 -> 2: head versions are files in <state_dir>/heads/ (written atomically: temp, fsync,
+    // rename), so a head can be copied off the device and used with `glimpse classify`. Rows
+    // written by schema 1 keep their bytes in `bytes` (new rows leave it empty). `gate_file` is
+    // the head trained without the validation samples, which the next gate compares against.
+    "ALTER TABLE heads ADD COLUMN file TEXT;
+    ALTER TABLE heads ADD COLUMN gate_file TEXT;",
 ];
+
+/// The directory of head version files, beside the database.
+pub const HEADS_DIR: &str = "heads";
 
 /// Why a store operation failed; one line naming the database file.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +81,12 @@ pub enum StoreError {
     },
     #[error("sample store {path}: no head version {version}")]
     NoSuchHead { path: PathBuf, version: u64 },
+    #[error("cannot {action} head file {path}: {source}")]
+    HeadFile {
+        path: PathBuf,
+        action: &'static str,
+        source: std::io::Error,
+    },
 }
 
 /// A sample about to be stored.
@@ -113,15 +128,30 @@ pub struct StoredSample {
 pub struct StoredHead {
     pub version: u64,
     pub created_at_ms: u64,
+    /// The head file's bytes (the deployed head).
     pub bytes: Vec<u8>,
+    /// The same training without the validation samples, when one was made (what the gate
+    /// compares a new head against). `None` also when its file is unreadable: it is optional.
+    pub gate_bytes: Option<Vec<u8>>,
     pub report: String,
     pub active: bool,
+}
+
+/// A head version about to be stored.
+#[derive(Debug, Clone, Copy)]
+pub struct NewHead<'a> {
+    /// The head to deploy (head file format, docs/head-format.md).
+    pub bytes: &'a [u8],
+    /// The holdout-trained twin used by the next gate, if different from `bytes`.
+    pub gate_bytes: Option<&'a [u8]>,
+    pub report_json: &'a str,
 }
 
 /// The open database.
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    heads_dir: PathBuf,
 }
 
 fn now_ms() -> i64 {
@@ -172,9 +202,15 @@ impl Store {
             .map_err(err("enable WAL"))?;
         conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
             .map_err(err("set synchronous=FULL"))?;
+        let heads_dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .join(HEADS_DIR);
         let mut store = Store {
             conn,
             path: path.to_path_buf(),
+            heads_dir,
         };
         store.migrate()?;
         Ok(store)
@@ -182,6 +218,11 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Where head version files live (`<state_dir>/heads`).
+    pub fn heads_dir(&self) -> &Path {
+        &self.heads_dir
     }
 
     fn err(&self, action: &'static str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
@@ -366,20 +407,23 @@ impl Store {
         Ok(n as u64)
     }
 
-    /// Stores a new head version; with `activate` it becomes the only active one, in the same
-    /// transaction (a crash leaves the old version active, never none or two).
-    pub fn insert_head(
-        &mut self,
-        bytes: &[u8],
-        report_json: &str,
-        activate: bool,
-    ) -> Result<u64, StoreError> {
+    /// Stores a new head version; with `activate` it becomes the only active one. The files
+    /// (`heads/v000042.head`, and `v000042.gate.head` for the gate twin) are written atomically
+    /// inside the database transaction that records them: a crash before the commit leaves at
+    /// most an unreferenced file (overwritten by the next version of that number) and the old
+    /// version active, never a row without its file, none active or two.
+    pub fn insert_head(&mut self, head: &NewHead, activate: bool) -> Result<u64, StoreError> {
         let path = self.path.clone();
         let err = |source| StoreError::Sqlite {
             path: path.clone(),
             action: "store a head version",
             source,
         };
+        std::fs::create_dir_all(&self.heads_dir).map_err(|source| StoreError::HeadFile {
+            path: self.heads_dir.clone(),
+            action: "create the directory of",
+            source,
+        })?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -389,13 +433,51 @@ impl Store {
                 .map_err(err)?;
         }
         tx.execute(
-            "INSERT INTO heads (created_at_ms, bytes, report, active) VALUES (?1, ?2, ?3, ?4)",
-            params![now_ms(), bytes, report_json, activate as i64],
+            "INSERT INTO heads (created_at_ms, bytes, report, active) VALUES (?1, X'', ?2, ?3)",
+            params![now_ms(), head.report_json, activate as i64],
         )
         .map_err(err)?;
         let version = tx.last_insert_rowid() as u64;
+        let write = |name: &str, bytes: &[u8]| {
+            let file = self.heads_dir.join(name);
+            crate::fsutil::write_atomic(&file, bytes).map_err(|(step, source)| {
+                StoreError::HeadFile {
+                    path: file,
+                    action: step.action(),
+                    source,
+                }
+            })
+        };
+        let file = format!("v{version:06}.head");
+        write(&file, head.bytes)?;
+        let gate_file = match head.gate_bytes {
+            Some(bytes) => {
+                let name = format!("v{version:06}.gate.head");
+                write(&name, bytes)?;
+                Some(name)
+            }
+            None => None,
+        };
+        tx.execute(
+            "UPDATE heads SET file = ?1, gate_file = ?2 WHERE version = ?3",
+            params![file, gate_file, version as i64],
+        )
+        .map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(version)
+    }
+
+    /// Samples stored after `ms` (Unix milliseconds): what counts toward `retrain_after` since
+    /// the active head was made, so a restart does not reset the count.
+    pub fn samples_after(&self, ms: u64) -> Result<u64, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*) FROM samples WHERE created_at_ms > ?1",
+                [ms as i64],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(self.err("count new samples"))
     }
 
     /// Makes `version` the active head (and no other).
@@ -459,24 +541,52 @@ impl Store {
             .map_err(self.err("find the previous head"))
     }
 
-    /// One head version.
+    /// One head version, with its file read. An unreadable file is a `HeadFile` error (the
+    /// caller treats it like corrupt bytes); an unreadable gate twin is only logged.
     pub fn head(&self, version: u64) -> Result<Option<StoredHead>, StoreError> {
-        self.conn
+        type Row = (StoredHead, Option<String>, Option<String>);
+        let row: Option<Row> = self
+            .conn
             .query_row(
-                "SELECT version, created_at_ms, bytes, report, active FROM heads WHERE version = ?1",
+                "SELECT version, created_at_ms, bytes, report, active, file, gate_file
+                 FROM heads WHERE version = ?1",
                 [version as i64],
                 |r| {
-                    Ok(StoredHead {
-                        version: r.get::<_, i64>(0)? as u64,
-                        created_at_ms: r.get::<_, i64>(1)? as u64,
-                        bytes: r.get(2)?,
-                        report: r.get(3)?,
-                        active: r.get::<_, i64>(4)? != 0,
-                    })
+                    Ok((
+                        StoredHead {
+                            version: r.get::<_, i64>(0)? as u64,
+                            created_at_ms: r.get::<_, i64>(1)? as u64,
+                            bytes: r.get(2)?,
+                            gate_bytes: None,
+                            report: r.get(3)?,
+                            active: r.get::<_, i64>(4)? != 0,
+                        },
+                        r.get(5)?,
+                        r.get(6)?,
+                    ))
                 },
             )
             .optional()
-            .map_err(self.err("read a head"))
+            .map_err(self.err("read a head"))?;
+        let Some((mut head, file, gate_file)) = row else {
+            return Ok(None);
+        };
+        if let Some(name) = file {
+            let path = self.heads_dir.join(name);
+            head.bytes = std::fs::read(&path).map_err(|source| StoreError::HeadFile {
+                path,
+                action: "read",
+                source,
+            })?;
+        }
+        if let Some(name) = gate_file {
+            let path = self.heads_dir.join(name);
+            match std::fs::read(&path) {
+                Ok(bytes) => head.gate_bytes = Some(bytes),
+                Err(e) => log::warn!("gate head {}: {e}", path.display()),
+            }
+        }
+        Ok(Some(head))
     }
 
     /// Every head version, newest first.
@@ -546,9 +656,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open_in(dir.path()).unwrap();
         assert_eq!(store.active_version().unwrap(), None);
-        let v1 = store.insert_head(b"one", "{}", true).unwrap();
-        let v2 = store.insert_head(b"two", "{}", true).unwrap();
-        let v3 = store.insert_head(b"three", "{}", false).unwrap();
+        let head = |bytes: &'static [u8]| NewHead {
+            bytes,
+            gate_bytes: None,
+            report_json: "{}",
+        };
+        let v1 = store.insert_head(&head(b"one"), true).unwrap();
+        let v2 = store.insert_head(&head(b"two"), true).unwrap();
+        let v3 = store.insert_head(&head(b"three"), false).unwrap();
         assert_eq!(store.active_version().unwrap(), Some(v2));
         assert_eq!(store.previous_version(v2).unwrap(), Some(v1));
         assert_eq!(store.previous_version(v1).unwrap(), None);
@@ -559,6 +674,82 @@ mod tests {
         assert!(store.set_active(99).is_err());
         assert_eq!(store.active_version().unwrap(), Some(v1));
         assert_eq!(store.head_versions().unwrap(), vec![v3, v2, v1]);
+    }
+
+    #[test]
+    fn head_versions_are_files_with_an_optional_gate_twin() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open_in(dir.path()).unwrap();
+        let v = store
+            .insert_head(
+                &NewHead {
+                    bytes: b"deployed",
+                    gate_bytes: Some(b"holdout"),
+                    report_json: "{}",
+                },
+                true,
+            )
+            .unwrap();
+        let heads = dir.path().join(HEADS_DIR);
+        assert_eq!(
+            std::fs::read(heads.join("v000001.head")).unwrap(),
+            b"deployed"
+        );
+        let stored = store.head(v).unwrap().unwrap();
+        assert_eq!(stored.bytes, b"deployed");
+        assert_eq!(stored.gate_bytes.as_deref(), Some(&b"holdout"[..]));
+        // A missing gate twin is tolerated; a missing head file is an error naming it.
+        std::fs::remove_file(heads.join("v000001.gate.head")).unwrap();
+        assert_eq!(store.head(v).unwrap().unwrap().gate_bytes, None);
+        std::fs::remove_file(heads.join("v000001.head")).unwrap();
+        let err = store.head(v).unwrap_err();
+        assert!(matches!(err, StoreError::HeadFile { .. }), "{err}");
+        assert!(err.to_string().contains("v000001.head"), "{err}");
+    }
+
+    #[test]
+    fn a_schema_1_database_migrates_and_keeps_its_head_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch("PRAGMA user_version = 1").unwrap();
+            conn.execute(
+                "INSERT INTO heads (created_at_ms, bytes, report, active) VALUES (1, ?1, '{}', 1)",
+                [b"legacy".to_vec()],
+            )
+            .unwrap();
+        }
+        let mut store = Store::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        let legacy = store.head(1).unwrap().unwrap();
+        assert_eq!(
+            (legacy.bytes.as_slice(), legacy.active),
+            (&b"legacy"[..], true)
+        );
+        let head = NewHead {
+            bytes: b"new",
+            gate_bytes: None,
+            report_json: "{}",
+        };
+        let v2 = store.insert_head(&head, true).unwrap();
+        assert_eq!(store.head(v2).unwrap().unwrap().bytes, b"new");
+        assert_eq!(store.active_version().unwrap(), Some(v2));
+    }
+
+    #[test]
+    fn samples_after_counts_what_came_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open_in(dir.path()).unwrap();
+        let e = vec![0.5f32; 4];
+        store.insert_sample(&sample("a", "x", "h1", &e)).unwrap();
+        let mark = now_ms() as u64;
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        store.insert_sample(&sample("b", "x", "h2", &e)).unwrap();
+        store.insert_sample(&sample("c", "y", "h3", &e)).unwrap();
+        assert_eq!(store.samples_after(mark).unwrap(), 2);
+        assert_eq!(store.samples_after(0).unwrap(), 3);
     }
 
     #[test]

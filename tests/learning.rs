@@ -289,16 +289,8 @@ fn teach_and_predict_then_add_classes() {
         rps_test.extend(test.into_iter().map(|f| (f, class.to_string())));
     }
     let sub = Subscriber::connect(broker.port(), &[&topic("availability"), &topic("report")]);
-    // No holdout: the deployed head is trained on everything that was sent (the gate then has
-    // nothing to compare on and accepts; it is exercised by the corrupt-head test's retrains).
-    let mut daemon = Daemon::start_with(
-        tmp.path(),
-        &broker,
-        &state,
-        &idle,
-        true,
-        "validation_split = 0.0",
-    );
+    // Default learning settings: a 20% holdout gates the head, which is then refit on all.
+    let mut daemon = Daemon::start(tmp.path(), &broker, &state, &idle, true);
     wait_online(&sub, &daemon);
     let (ok, out) = glimpse(&broker, &["send", teach.to_str().unwrap()]);
     assert!(ok, "glimpse send failed:\n{out}\n{}", daemon.log());
@@ -323,12 +315,22 @@ fn teach_and_predict_then_add_classes() {
         report["samples_per_class"],
         json!({"paper": 64, "rock": 64, "scissors": 64})
     );
+    // Gated on a holdout the head never saw, then refit on every sample.
+    let (train, val) = (report["train_count"].as_u64(), report["val_count"].as_u64());
+    assert!(
+        val.unwrap() > 0 && train.unwrap() + val.unwrap() == 192,
+        "{report}"
+    );
+    assert_eq!(report["deployed_train_count"], 192, "{report}");
+    assert!(state.join("heads/v000001.head").is_file());
+    assert!(state.join("heads/v000001.gate.head").is_file());
     let (ok, out) = glimpse(&broker, &["samples"]);
     assert!(ok && out.contains("192  total"), "{out}");
     daemon.stop();
 
     let predicted = predict(tmp.path(), &broker, &state, "rps-test", &rps_test);
     let (acc, n) = accuracy(&predicted, &rps_test, |_| true);
+    eprintln!("rps: {acc:.3} on {n} held-out frames");
     assert!(
         acc >= 0.97,
         "rps accuracy {acc} on {n} frames: {predicted:?}"
@@ -348,14 +350,7 @@ fn teach_and_predict_then_add_classes() {
     }
     let sub = Subscriber::connect(broker.port(), &[&topic("availability"), &topic("report")]);
     sub.clear();
-    let mut daemon = Daemon::start_with(
-        tmp.path(),
-        &broker,
-        &state,
-        &idle,
-        true,
-        "validation_split = 0.0",
-    );
+    let mut daemon = Daemon::start(tmp.path(), &broker, &state, &idle, true);
     wait_online(&sub, &daemon);
     let (ok, out) = glimpse(&broker, &["send", teach_digits.to_str().unwrap()]);
     assert!(ok, "{out}");
@@ -720,17 +715,19 @@ fn a_corrupt_head_version_falls_back_to_the_previous_one() {
     daemon.stop();
     {
         let conn = rusqlite::Connection::open(state.join("glimpse.db")).unwrap();
-        let mut bytes: Vec<u8> = conn
+        let file: String = conn
             .query_row(
-                "SELECT bytes FROM heads WHERE version = 2 AND active = 1",
+                "SELECT file FROM heads WHERE version = 2 AND active = 1",
                 [],
                 |r| r.get(0),
             )
             .expect("head v2 is active");
+        assert_eq!(file, "v000002.head");
+        let path = state.join("heads").join(file);
+        let mut bytes = std::fs::read(&path).unwrap();
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0x55;
-        conn.execute("UPDATE heads SET bytes = ?1 WHERE version = 2", [bytes])
-            .unwrap();
+        std::fs::write(&path, bytes).unwrap();
     }
     sub.clear();
     let mut daemon = Daemon::start(tmp.path(), &broker, &state, &idle, true);

@@ -2,8 +2,10 @@
 //! resize + normalize, backbone, head) over N runs of one 640x480 JPEG, images per second, peak
 //! RSS, for each requested thread count, plus the time to train a head on 3,000 x 1280
 //! embeddings. Quote medians; compare ratios within one run (shared machines are noisy).
-//! `--pipeline` measures the daemon's whole frame pipeline instead (see `pipeline.rs`).
+//! `--pipeline` measures the daemon's whole frame pipeline instead (see `pipeline.rs`), and
+//! `--learning` what teaching costs: ingest, retraining, frames during training (`learning.rs`).
 
+mod learning;
 mod pipeline;
 
 use std::path::PathBuf;
@@ -35,7 +37,8 @@ pub struct BenchArgs {
     /// Image to use (default: a synthetic 640x480 JPEG).
     #[arg(long)]
     pub image: Option<PathBuf>,
-    /// Embeddings to train the benchmark head on (synthetic, 10 overlapping classes).
+    /// Embeddings to train the benchmark head on (synthetic, 10 overlapping classes); with
+    /// --learning, the samples stored before retraining.
     #[arg(long, default_value_t = 3000)]
     pub train_samples: usize,
     /// Machine-readable output.
@@ -46,10 +49,15 @@ pub struct BenchArgs {
     /// backbone's own speed, frames dropped and peak RSS.
     #[arg(long)]
     pub pipeline: bool,
-    /// --pipeline: seconds measured (after 1 s of warm-up).
+    /// Measure teaching through the daemon's learner thread: ingest of a 640x480 JPEG sample
+    /// against one inference, retraining on --train-samples stored samples, and pipeline frames/s
+    /// while heads train against frames/s without (uses --seconds, --pipeline-threads).
+    #[arg(long, conflicts_with = "pipeline")]
+    pub learning: bool,
+    /// --pipeline / --learning: seconds measured per window (after 1 s of warm-up).
     #[arg(long, default_value_t = 10.0)]
     pub seconds: f64,
-    /// --pipeline: backbone threads.
+    /// --pipeline / --learning: backbone threads.
     #[arg(long, default_value_t = 2)]
     pub pipeline_threads: usize,
     /// --pipeline: synthetic JPEGs in the replayed folder.
@@ -173,6 +181,9 @@ fn bench_training(samples: usize, dim: usize) -> anyhow::Result<(TrainResult, He
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if args.pipeline {
         return pipeline::run(args);
+    }
+    if args.learning {
+        return learning::run(args);
     }
     let backbone = args.model.load_backbone()?;
     let (bytes, image_name) = match &args.image {

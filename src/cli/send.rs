@@ -4,6 +4,9 @@
 //! Every request is matched with its ack by id: a raw image's id is the sha256 of its bytes (what
 //! the device computes too), a command's id is made here. Nothing is fire-and-forget: a missing
 //! ack is reported as `timeout`, and any sample not `accepted`/`duplicate` makes the exit code 1.
+//! A sample refused because the device was busy, or whose ack did not come, is sent again (up to
+//! `--retries` times): samples are idempotent, so a retry of one that was stored after all is
+//! answered `duplicate`.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
@@ -56,6 +59,19 @@ pub struct SendArgs {
     /// Images (JPEG, PNG, BMP) or directories.
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
+    /// Times to send a sample again when the device answers busy (after 1, 2, 4... s) or its
+    /// ack does not come within --timeout-s.
+    #[arg(long, default_value_t = 3)]
+    pub retries: u32,
+}
+
+/// A busy refusal: the learner's queue was full, nothing was stored, sending again is right.
+fn is_busy(ack: &Ack) -> bool {
+    ack.status == Some(AckStatus::Rejected)
+        && ack
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("the device is busy"))
 }
 
 #[derive(Debug, Clone, Args)]
@@ -264,20 +280,40 @@ pub fn send(args: &SendArgs) -> anyhow::Result<bool> {
     for (file, label) in &files {
         let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
         let id = content_hash(&bytes);
-        session
-            .client
-            .publish(
-                session.topics.sample_image(label),
-                QoS::AtLeastOnce,
-                false,
-                bytes,
-            )
-            .context("queueing a sample")?;
-        let ack = session.wait(|a| {
-            a.id.as_deref() == Some(id.as_str())
-                && a.command.is_none()
-                && a.label.as_deref().map_or(true, |l| l == label)
-        });
+        let mut attempt = 0;
+        let ack = loop {
+            session
+                .client
+                .publish(
+                    session.topics.sample_image(label),
+                    QoS::AtLeastOnce,
+                    false,
+                    bytes.clone(),
+                )
+                .context("queueing a sample")?;
+            let ack = session.wait(|a| {
+                a.id.as_deref() == Some(id.as_str())
+                    && a.command.is_none()
+                    && a.label.as_deref().map_or(true, |l| l == label)
+            });
+            let again = ack.as_ref().map_or(true, is_busy);
+            if !again || attempt >= args.retries {
+                break ack;
+            }
+            attempt += 1;
+            let pause = Duration::from_secs(1 << (attempt - 1).min(5));
+            eprintln!(
+                "{}: {}; sending again in {pause:?} ({attempt}/{})",
+                file.display(),
+                if ack.is_some() {
+                    "device busy"
+                } else {
+                    "no ack"
+                },
+                args.retries
+            );
+            std::thread::sleep(pause);
+        };
         let (status, count, reason) = match &ack {
             Some(a) => (
                 match a.status {
@@ -359,6 +395,22 @@ pub fn rollback(args: &DeviceArgs) -> anyhow::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_busy_refusals_are_retried() {
+        let ack = |status, reason: Option<&str>| Ack {
+            status: Some(status),
+            reason: reason.map(String::from),
+            ..Ack::default()
+        };
+        let busy = crate::learn::ingest::Rejection::Busy("ingest queue full".into()).to_string();
+        assert!(is_busy(&ack(AckStatus::Rejected, Some(&busy))));
+        assert!(!is_busy(&ack(
+            AckStatus::Rejected,
+            Some("label contains '/'")
+        )));
+        assert!(!is_busy(&ack(AckStatus::Accepted, None)));
+    }
 
     #[test]
     fn collects_class_per_folder_and_labeled_files() {

@@ -37,13 +37,16 @@ use crate::mqtt::link::Received;
 use crate::mqtt::messages::learning::{parse_command, Ack, AckStatus, Command, TrainingReport};
 use crate::mqtt::messages::now_unix_ms;
 use crate::mqtt::topics::{Incoming, Outgoing};
-use crate::store::{Inserted, NewSample, Store, StoreError};
+use crate::store::{Inserted, NewHead, NewSample, Store, StoreError};
 use crate::vision::backbone::Backbone;
 use crate::vision::embedder::Embedder;
 use crate::vision::spec::{Fingerprint, ResizeMode};
 
 /// Messages waiting for the learner. Each may hold an image of up to `max_sample_bytes`.
 const QUEUE: usize = 64;
+/// The learner thread's nice value: when a board's cores are busy with frames, ingest and
+/// training wait, the frame loop does not (throughput during a retrain: docs/performance.md).
+const LEARNER_NICE: i32 = 10;
 
 /// A message for the publisher (acks, reports).
 #[derive(Debug, Clone, PartialEq)]
@@ -96,6 +99,7 @@ impl Learner {
         };
         let embedder = Embedder::new(backbone.clone(), settings.resize, limits.decode_limits());
         let fingerprint = backbone.fingerprint().clone();
+        let since_training = samples_since_active_head(&store);
         let mut worker = Worker {
             fingerprint_text: fingerprint.to_string(),
             fingerprint,
@@ -106,11 +110,14 @@ impl Learner {
             settings,
             limits,
             out,
-            since_training: 0,
+            since_training,
         };
         let thread = std::thread::Builder::new()
             .name("learner".into())
-            .spawn(move || worker.run(rx))?;
+            .spawn(move || {
+                lower_thread_priority(LEARNER_NICE);
+                worker.run(rx)
+            })?;
         Ok(Learner {
             tx: Some(tx),
             thread: Some(thread),
@@ -161,7 +168,41 @@ fn refusal_ack(received: &Received) -> Ack {
     }
 }
 
-/// Loads the active head from the store; a corrupt or foreign version falls back to the
+/// Reads and checks one stored head version (and its gate twin, when it has a usable one).
+fn load_version(
+    store: &Store,
+    version: u64,
+    fingerprint: &Fingerprint,
+) -> Result<Result<LoadedHead, String>, StoreError> {
+    let stored = match store.head(version) {
+        Ok(Some(stored)) => stored,
+        Ok(None) => return Ok(Err(format!("head v{version} is missing from the store"))),
+        Err(err @ StoreError::HeadFile { .. }) => {
+            return Ok(Err(format!("head v{version}: {err}")))
+        }
+        Err(err) => return Err(err),
+    };
+    let head = match Head::from_bytes(&stored.bytes, Some(fingerprint)) {
+        Ok(head) => head,
+        Err(err) => return Ok(Err(format!("head v{version} in the store: {err}"))),
+    };
+    let gate = stored
+        .gate_bytes
+        .and_then(|bytes| match Head::from_bytes(&bytes, Some(fingerprint)) {
+            Ok(gate) => Some(gate),
+            Err(err) => {
+                log::warn!("gate twin of head v{version} unusable ({err}): gating against v{version} itself");
+                None
+            }
+        });
+    Ok(Ok(LoadedHead {
+        head,
+        version,
+        gate,
+    }))
+}
+
+/// Loads the active head from the store; a corrupt, missing or foreign version falls back to the
 /// previous one (which becomes active). Returns the head and one message per refused version.
 pub fn restore_head(
     store: &mut Store,
@@ -173,23 +214,60 @@ pub fn restore_head(
     };
     let mut candidate = Some(active);
     while let Some(version) = candidate {
-        match store.head(version)? {
-            Some(stored) => match Head::from_bytes(&stored.bytes, Some(fingerprint)) {
-                Ok(head) => {
-                    if version != active {
-                        store.set_active(version)?;
-                        errors.push(format!("using head v{version} instead of v{active}"));
-                    }
-                    return Ok((Some(LoadedHead { head, version }), errors));
+        match load_version(store, version, fingerprint)? {
+            Ok(loaded) => {
+                if version != active {
+                    store.set_active(version)?;
+                    errors.push(format!("using head v{version} instead of v{active}"));
                 }
-                Err(err) => errors.push(format!("head v{version} in the store: {err}")),
-            },
-            None => errors.push(format!("head v{version} is missing from the store")),
+                return Ok((Some(loaded), errors));
+            }
+            Err(error) => errors.push(error),
         }
         candidate = store.previous_version(version)?;
     }
     errors.push("no usable head version: publishing ImageNet classes".into());
     Ok((None, errors))
+}
+
+/// Samples stored since the active head was made (they count toward `retrain_after`, so a
+/// restart does not forget them).
+fn samples_since_active_head(store: &Store) -> u32 {
+    let count = || -> Result<u64, StoreError> {
+        let since = match store.active_version()? {
+            Some(v) => store.head(v).ok().flatten().map_or(0, |h| h.created_at_ms),
+            None => 0,
+        };
+        store.samples_after(since)
+    };
+    match count() {
+        Ok(n) => n.min(u32::MAX as u64) as u32,
+        Err(err) => {
+            log::warn!("cannot count samples since the active head: {err}");
+            0
+        }
+    }
+}
+
+/// Lowers the calling thread's CPU priority (Linux: `setpriority` on the thread id), so that
+/// ingest and training give way to the frame pipeline when both want a core.
+fn lower_thread_priority(nice: i32) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain syscalls on the calling thread; no memory is shared with the kernel.
+        let result = unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, nice)
+        };
+        if result != 0 {
+            log::debug!(
+                "learner: cannot lower priority: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
 }
 
 struct Worker {
@@ -487,17 +565,23 @@ impl Worker {
         };
         let hashes: Vec<&str> = samples.iter().map(|s| s.content_hash.as_str()).collect();
         let (train_idx, val_idx) = holdout_split(&hashes, &labels, cfg.validation_split, cfg.seed);
-        let new_head = train_with_split(
-            &data,
-            &train_idx,
-            &val_idx,
-            &self.fingerprint,
-            &cfg,
-            &mut |_| {},
-        )
-        .map_err(|e| e.to_string())?;
+        let train = |train_idx: &[usize], val_idx: &[usize]| {
+            train_with_split(
+                &data,
+                train_idx,
+                val_idx,
+                &self.fingerprint,
+                &cfg,
+                &mut |_| {},
+            )
+            .map_err(|e| e.to_string())
+        };
+        // The gate's head: trained without the validation samples, so its validation figures
+        // are honest and it can be compared fairly with the active version's gate head.
+        let candidate = train(&train_idx, &val_idx)?;
 
-        // The gate: both heads on the same validation rows.
+        // The gate: both gate heads on the same validation rows, which neither has trained on
+        // (a sample's side of the split never changes).
         let val_features: Vec<f32> = val_idx
             .iter()
             .flat_map(|&i| samples[i].embedding.iter().copied())
@@ -510,12 +594,12 @@ impl Worker {
                 .collect()
         };
         let truth: Vec<&str> = val_idx.iter().map(|&i| samples[i].label.as_str()).collect();
-        let new_names = names(&new_head);
+        let new_names = names(&candidate);
         let old = self.head.load_full();
-        let old_names = old.as_deref().map(|o| names(&o.head));
+        let old_names = old.as_deref().map(|o| names(o.gate_head()));
         let old_classes = old
             .as_deref()
-            .map(|o| o.head.classes().to_vec())
+            .map(|o| o.gate_head().classes().to_vec())
             .unwrap_or_default();
         let new_refs: Vec<&str> = new_names.iter().map(String::as_str).collect();
         let old_refs: Option<Vec<&str>> = old_names
@@ -530,18 +614,42 @@ impl Worker {
             force,
         });
 
-        let report = new_head.report().clone();
+        let report = candidate.report().clone();
+        let mut deployed_train_count = report.train_count;
         let mut version = None;
         if decision.accepted {
-            let bytes = new_head.to_bytes();
-            let report_json = serde_json::to_string(&report).unwrap_or_default();
+            // Deploy the same training refit on every sample: the validation samples are often
+            // a fifth of what the operator taught, too much to leave out of the head in use.
+            let (deployed, gate) = if val_idx.is_empty() {
+                (candidate, None)
+            } else {
+                let all: Vec<usize> = (0..samples.len()).collect();
+                let mut deployed = train(&all, &[])?;
+                let deployed_report = deployed.report_mut();
+                deployed_report.validation = report.validation.clone();
+                deployed_report.val_count = report.val_count;
+                deployed_report.refit_on_all = true;
+                (deployed, Some(candidate))
+            };
+            deployed_train_count = deployed.report().train_count;
+            let bytes = deployed.to_bytes();
+            let gate_bytes = gate.as_ref().map(Head::to_bytes);
+            let report_json = serde_json::to_string(deployed.report()).unwrap_or_default();
             let v = self
                 .store
-                .insert_head(&bytes, &report_json, true)
+                .insert_head(
+                    &NewHead {
+                        bytes: &bytes,
+                        gate_bytes: gate_bytes.as_deref(),
+                        report_json: &report_json,
+                    },
+                    true,
+                )
                 .map_err(|e| e.to_string())?;
             self.head.store(Some(Arc::new(LoadedHead {
-                head: new_head,
+                head: deployed,
                 version: v,
+                gate,
             })));
             version = Some(v);
             log::info!(
@@ -570,6 +678,7 @@ impl Worker {
             classes,
             train_count: report.train_count,
             val_count: report.val_count,
+            deployed_train_count,
             accuracy: report.validation.as_ref().map(|v| v.accuracy),
             validation: report.validation.clone(),
             train_accuracy: report.train_accuracy,
@@ -590,17 +699,14 @@ impl Worker {
             .ok_or("no active head to roll back from")?;
         let mut candidate = self.store.previous_version(active).map_err(err)?;
         while let Some(version) = candidate {
-            if let Some(stored) = self.store.head(version).map_err(err)? {
-                match Head::from_bytes(&stored.bytes, Some(&self.fingerprint)) {
-                    Ok(head) => {
-                        self.store.set_active(version).map_err(err)?;
-                        self.head
-                            .store(Some(Arc::new(LoadedHead { head, version })));
-                        log::info!("rolled back from head v{active} to v{version}");
-                        return Ok(version);
-                    }
-                    Err(e) => log::error!("rollback: head v{version} unusable: {e}"),
+            match load_version(&self.store, version, &self.fingerprint).map_err(err)? {
+                Ok(loaded) => {
+                    self.store.set_active(version).map_err(err)?;
+                    self.head.store(Some(Arc::new(loaded)));
+                    log::info!("rolled back from head v{active} to v{version}");
+                    return Ok(version);
                 }
+                Err(e) => log::error!("rollback: {e}"),
             }
             candidate = self.store.previous_version(version).map_err(err)?;
         }

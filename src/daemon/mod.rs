@@ -55,7 +55,7 @@ pub fn load_start_head(path: &std::path::Path, backbone: &Backbone) -> Option<Lo
                 head.classes().len(),
                 head.classes().join(", ")
             );
-            Some(LoadedHead { head, version: 1 })
+            Some(LoadedHead::new(head, 1))
         }
         Err(HeadError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             log::info!(

@@ -36,6 +36,25 @@ const WINDOW: usize = 256;
 pub struct LoadedHead {
     pub head: Head,
     pub version: u64,
+    /// The same training without the validation samples: what the learner's gate scores against
+    /// a new head (the deployed head has seen those samples). `None`: the gate uses `head`.
+    pub gate: Option<Head>,
+}
+
+impl LoadedHead {
+    /// A head without a gate twin (trained offline, or with no validation split).
+    pub fn new(head: Head, version: u64) -> LoadedHead {
+        LoadedHead {
+            head,
+            version,
+            gate: None,
+        }
+    }
+
+    /// The head the gate compares a new one against.
+    pub fn gate_head(&self) -> &Head {
+        self.gate.as_ref().unwrap_or(&self.head)
+    }
 }
 
 /// The head in use, swapped atomically by the trainer while frames keep flowing.

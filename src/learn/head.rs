@@ -2,8 +2,7 @@
 //! versioned, checksummed container that refuses corrupt files and heads trained for another
 //! backbone. The byte layout is documented in docs/head-format.md.
 
-use std::fs::{self, File};
-use std::io::Write as _;
+use std::fs;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -284,39 +283,13 @@ impl Head {
     /// Writes the head atomically: a temporary file in the same directory, fsync, rename over
     /// `path`, fsync the directory. A crash leaves either the old file or the new one, never half.
     pub fn save(&self, path: &Path) -> Result<(), HeadError> {
-        let file = path.display().to_string();
-        let io = |action, source| HeadError::Io {
-            action,
-            file: file.clone(),
-            source,
-        };
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => std::path::PathBuf::from("."),
-        };
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-        let bytes = self.to_bytes();
-        let written = (|| {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()
-        })();
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(io("write", e));
-        }
-        if let Err(e) = fs::rename(&tmp, path) {
-            let _ = fs::remove_file(&tmp);
-            return Err(io("replace", e));
-        }
-        // Persist the rename itself (the directory entry).
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io("sync the directory of", e))
+        crate::fsutil::write_atomic(path, &self.to_bytes()).map_err(|(step, source)| {
+            HeadError::Io {
+                action: step.action(),
+                file: path.display().to_string(),
+                source,
+            }
+        })
     }
 
     /// Reads and checks a head file (see [`Head::from_bytes`]).

@@ -173,6 +173,11 @@ pub struct TrainReport {
     pub config: TrainConfig,
     pub l2_used: f32,
     pub seed: u64,
+    /// The head was refit on every sample after its validation: `validation` then describes the
+    /// same training without the `val_count` validation samples (an honest estimate), and
+    /// `train_count` includes them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refit_on_all: bool,
 }
 
 /// Why training refused to start. Each message is one line naming what is wrong.
@@ -317,6 +322,7 @@ pub fn train_with_split(
         config: cfg.clone(),
         l2_used: l2,
         seed: cfg.seed,
+        refit_on_all: false,
     };
     let mut head = Head::from_parts(
         data.classes.to_vec(),

@@ -54,17 +54,22 @@ pub struct PipelineReport {
     pub peak_rss_mb: Option<f64>,
 }
 
-/// A temporary folder of synthetic JPEGs, removed on drop (the library has no tempfile crate).
-struct ImageDir(PathBuf);
+/// A temporary folder of synthetic JPEGs (or an empty one, `count` 0), removed on drop (the
+/// library has no tempfile crate).
+pub(super) struct ImageDir(pub(super) PathBuf);
 
 impl ImageDir {
-    fn create(count: usize, width: u32, height: u32) -> anyhow::Result<ImageDir> {
+    pub(super) fn create(count: usize, width: u32, height: u32) -> anyhow::Result<ImageDir> {
+        static CREATED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let path =
-            std::env::temp_dir().join(format!("glimpse-bench-{}-{nanos}", std::process::id()));
+        let nth = CREATED.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "glimpse-bench-{}-{nanos}-{nth}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&path)
             .with_context(|| format!("cannot create {}", path.display()))?;
         let dir = ImageDir(path);
@@ -86,7 +91,7 @@ impl Drop for ImageDir {
 }
 
 /// Times the backbone alone on one preprocessed synthetic frame.
-fn backbone_alone(
+pub(super) fn backbone_alone(
     backbone: &Backbone,
     args: &BenchArgs,
     jpeg: &[u8],

@@ -141,8 +141,13 @@ pub struct TrainingReport {
     pub gate: GateDecision,
     pub classes: Vec<String>,
     pub samples_per_class: BTreeMap<String, u32>,
+    /// Samples the gate's head trained on (all but the validation samples).
     pub train_count: usize,
     pub val_count: usize,
+    /// Samples the deployed head trained on: after the gate accepts, the head is refit on every
+    /// sample, validation ones included (the validation figures stay those of the gate's head,
+    /// which never saw them). Equal to `train_count` without a validation split or when rejected.
+    pub deployed_train_count: usize,
     /// Validation accuracy of the new head (all classes).
     pub accuracy: Option<f32>,
     /// Per-class precision / recall and the confusion matrix (rows = truth, columns = predicted),
