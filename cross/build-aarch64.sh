@@ -12,7 +12,7 @@
 #
 # What it needs: python3 with venv (the zig toolchain comes from PyPI, pinned below), rustup, and
 # libclang (apt-get install -y libclang-dev) for the bindgen step of nokhwa's V4L2 backend, whose
-# kernel headers are taken from zig's bundled aarch64 headers. Release build: ~12 min on 2 cores.
+# kernel headers are taken from zig's bundled aarch64 headers (no cross libc packages needed). Release build: ~12 min on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +21,8 @@ CARGO_ZIGBUILD_VERSION=0.24.1
 TARGET=aarch64-unknown-linux-gnu
 GLIBC=${GLIMPSE_GLIBC:-2.27}
 AARCH64_TARGET_DIR=${GLIMPSE_AARCH64_TARGET_DIR:-${CARGO_TARGET_DIR:-$PWD/target}/aarch64}
+REPO=$PWD
+case "$AARCH64_TARGET_DIR" in /*) ;; *) AARCH64_TARGET_DIR=$REPO/$AARCH64_TARGET_DIR ;; esac
 TOOLS=$AARCH64_TARGET_DIR/tools
 
 die() { echo "build-aarch64: $*" >&2; exit 1; }
@@ -52,18 +54,17 @@ if ! rustup target list --installed | grep -qx "$TARGET"; then
   rustup target add "$TARGET" || die "rustup target add $TARGET failed"
 fi
 
-# bindgen (nokhwa -> v4l2-sys-mit) parses <linux/videodev2.h> for the target. zig ships aarch64
-# glibc and kernel headers; point clang at them and away from the host's x86-64 headers.
-ZIG_LIBC_INCLUDE=$("$TOOLS/venv/bin/python" -c 'import ziglang, os; print(os.path.join(os.path.dirname(ziglang.__file__), "lib", "libc", "include"))')
-[ -f "$ZIG_LIBC_INCLUDE/any-linux-any/linux/videodev2.h" ] || die "zig's kernel headers not found under $ZIG_LIBC_INCLUDE"
-export BINDGEN_EXTRA_CLANG_ARGS_aarch64_unknown_linux_gnu="-nostdlibinc \
--isystem $ZIG_LIBC_INCLUDE/aarch64-linux-gnu \
--isystem $ZIG_LIBC_INCLUDE/generic-glibc \
--isystem $ZIG_LIBC_INCLUDE/aarch64-linux-any \
--isystem $ZIG_LIBC_INCLUDE/any-linux-any"
+# bindgen (nokhwa -> v4l2-sys-mit) parses <linux/videodev2.h> for the target with the include
+# paths cargo-zigbuild hands it (BINDGEN_EXTRA_CLANG_ARGS_<target>: zig's aarch64 glibc and kernel
+# headers). zig words those paths relative to the working directory when they lie beneath it,
+# and build scripts run elsewhere, so with the tools under ./target the header was "not found".
+# Hence: run from a scratch directory, with absolute paths for everything.
+SCRATCH=$(mktemp -d)
+trap 'rm -rf "$SCRATCH"' EXIT
 
 echo "build-aarch64: cargo zigbuild --release --target $TARGET.$GLIBC $* (target dir $AARCH64_TARGET_DIR)" >&2
-CARGO_TARGET_DIR="$AARCH64_TARGET_DIR" cargo zigbuild --release --target "$TARGET.$GLIBC" "$@" \
+(cd "$SCRATCH" && CARGO_TARGET_DIR="$AARCH64_TARGET_DIR" cargo zigbuild --manifest-path "$REPO/Cargo.toml" \
+  --release --target "$TARGET.$GLIBC" "$@") \
   || die "cargo zigbuild failed (see above)"
 
 BINARY=$AARCH64_TARGET_DIR/$TARGET/release/glimpse
