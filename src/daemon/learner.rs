@@ -46,7 +46,7 @@ use crate::vision::spec::{Fingerprint, ResizeMode};
 const QUEUE: usize = 64;
 /// The learner thread's nice value: when a board's cores are busy with frames, ingest and
 /// training wait, the frame loop does not (throughput during a retrain: docs/performance.md).
-const LEARNER_NICE: i32 = 10;
+const LEARNER_NICE: i32 = 19;
 
 /// A message for the publisher (acks, reports).
 #[derive(Debug, Clone, PartialEq)]
