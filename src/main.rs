@@ -48,6 +48,8 @@ enum Command {
     Retrain(cli::send::RetrainArgs),
     /// Ask a device to go back to its previous head version.
     Rollback(cli::send::DeviceArgs),
+    /// Fetch a device's samples (thumbnails and labels) as a tar archive.
+    Export(cli::export::ExportArgs),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +77,7 @@ fn main() -> ExitCode {
         Command::Samples(args) => cli::send::samples(args),
         Command::Retrain(args) => cli::send::retrain(args),
         Command::Rollback(args) => cli::send::rollback(args),
+        Command::Export(args) => cli::export::export(args),
     };
     match outcome {
         Ok(true) => ExitCode::SUCCESS,

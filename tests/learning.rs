@@ -530,6 +530,19 @@ fn bad_input_is_rejected_with_a_reason_and_nothing_is_stored() {
         .map(|e| e.unwrap().path().unwrap().display().to_string())
         .collect();
     assert_eq!(names, ["scene/000000.jpg", "index.tsv"]);
+    // The same archive fetched over MQTT by the operator tool.
+    let fetched = tmp.path().join("fetched.tar");
+    let (ok, out) = glimpse(&broker, &["export", "--out", fetched.to_str().unwrap()]);
+    assert!(ok && out.contains("1 thumbnails"), "{out}");
+    let mut archive = tar::Archive::new(std::fs::File::open(&fetched).unwrap());
+    let mut index = String::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.path().unwrap().to_str() == Some("index.tsv") {
+            std::io::Read::read_to_string(&mut entry, &mut index).unwrap();
+        }
+    }
+    assert!(index.contains("scene/000000.jpg\tscene\tfr"), "{index}");
     drop(daemon);
 }
 

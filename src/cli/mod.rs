@@ -4,6 +4,7 @@ pub mod bench; // glimpse bench: per-stage timings, throughput, peak RSS, traini
 pub mod capture; // glimpse capture: frames from any source, classified, as JSON lines
 pub mod classify; // glimpse classify: ImageNet or trained-head top-k for image files
 pub mod common; // arguments shared by subcommands (model manifest, threads, resize mode)
+pub mod export; // glimpse export: a device's samples (thumbnails + labels) as a tar, over MQTT
 pub mod fetch; // glimpse fetch-model: download + verify a model named by a manifest
 pub mod run; // glimpse run (the daemon) and glimpse check-config
 pub mod send; // glimpse send / samples / retrain / rollback: teaching a device over MQTT

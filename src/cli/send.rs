@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use rumqttc::{Client, Event, Packet, QoS};
+use rumqttc::{Client, Event, Packet, QoS, SubscribeFilter};
 use serde_json::{json, Value};
 
 use crate::learn::cache::content_hash;
 use crate::learn::ingest::validate_label;
 use crate::mqtt::messages::learning::{Ack, AckStatus};
-use crate::mqtt::topics::{validate_level, validate_prefix, Topics};
+use crate::mqtt::topics::{validate_level, validate_prefix, Outgoing, Topics};
 
 /// Which device, on which broker.
 #[derive(Debug, Clone, Args)]
@@ -83,16 +83,27 @@ pub struct RetrainArgs {
     pub force: bool,
 }
 
-/// A connected client that sees the device's acks.
-struct Session {
+/// A connected client that sees the device's acks (and, when asked, its export archives).
+pub(super) struct Session {
     client: Client,
     topics: Topics,
     acks: Receiver<Ack>,
-    timeout: Duration,
+    /// Payloads published on `export` (only with `connect_with_exports`).
+    pub(super) exports: Receiver<Vec<u8>>,
+    pub(super) timeout: Duration,
 }
 
 impl Session {
     fn connect(args: &DeviceArgs) -> anyhow::Result<Session> {
+        Session::open(args, false)
+    }
+
+    /// Connects and also subscribes to `export` (archives can be tens of MB: only when asked).
+    pub(super) fn connect_with_exports(args: &DeviceArgs) -> anyhow::Result<Session> {
+        Session::open(args, true)
+    }
+
+    fn open(args: &DeviceArgs, exports: bool) -> anyhow::Result<Session> {
         validate_prefix(&args.prefix).context("--prefix")?;
         validate_level("device id", &args.device).context("--device")?;
         let topics = Topics::new(&args.prefix, &args.device)?;
@@ -105,18 +116,27 @@ impl Session {
         )?;
         let (client, mut connection) = Client::new(options, 64);
         let (ack_tx, acks) = channel();
+        let (export_tx, export_rx) = channel();
         let (ready_tx, ready) = channel();
         let ack_topic = topics.ack();
+        let export_topic = topics.outgoing(Outgoing::Export);
+        let mut filters = vec![SubscribeFilter::new(ack_topic.clone(), QoS::AtLeastOnce)];
+        if exports {
+            filters.push(SubscribeFilter::new(export_topic.clone(), QoS::AtLeastOnce));
+        }
         {
             let client = client.clone();
             std::thread::spawn(move || {
                 for event in connection.iter() {
                     match event {
                         Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                            let _ = client.try_subscribe(ack_topic.clone(), QoS::AtLeastOnce);
+                            let _ = client.try_subscribe_many(filters.clone());
                         }
                         Ok(Event::Incoming(Packet::SubAck(_))) => {
                             let _ = ready_tx.send(Ok(()));
+                        }
+                        Ok(Event::Incoming(Packet::Publish(p))) if p.topic == export_topic => {
+                            let _ = export_tx.send(p.payload.to_vec());
                         }
                         Ok(Event::Incoming(Packet::Publish(p))) if p.topic == ack_topic => {
                             if let Ok(ack) = serde_json::from_slice::<Ack>(&p.payload) {
@@ -151,6 +171,7 @@ impl Session {
             client,
             topics,
             acks,
+            exports: export_rx,
             timeout: Duration::from_secs(args.timeout_s.max(1)),
         })
     }
@@ -171,7 +192,7 @@ impl Session {
     }
 
     /// Sends a command and waits for its ack.
-    fn command(&self, name: &str, mut args: Value) -> anyhow::Result<Ack> {
+    pub(super) fn command(&self, name: &str, mut args: Value) -> anyhow::Result<Ack> {
         let id = format!(
             "cli-{}-{}",
             std::process::id(),
@@ -193,7 +214,7 @@ impl Session {
             .with_context(|| format!("no ack for {name} within {:?}", self.timeout))
     }
 
-    fn close(self) {
+    pub(super) fn close(self) {
         let _ = self.client.disconnect();
     }
 }

@@ -75,6 +75,8 @@ pub fn format_message(
     if json_output {
         let payload_value = match parsed {
             Some(v) => v,
+            // A samples archive: its size, not megabytes of mangled tar.
+            None if kind == Outgoing::Export => json!({ "bytes": payload.len() }),
             None => Value::String(String::from_utf8_lossy(payload).into_owned()),
         };
         let line = json!({
@@ -88,7 +90,7 @@ pub fn format_message(
     }
     let summary = match (kind, &parsed) {
         (Outgoing::Availability, _) => String::from_utf8_lossy(payload).into_owned(),
-        (Outgoing::Thumbnail, _) => format!("{} bytes", payload.len()),
+        (Outgoing::Thumbnail | Outgoing::Export, _) => format!("{} bytes", payload.len()),
         (_, None) => format!("<not JSON, {} bytes>", payload.len()),
         (Outgoing::Prediction, Some(v)) => prediction_summary(v),
         (Outgoing::State, Some(v)) => {

@@ -71,6 +71,9 @@ pub struct LearnerSettings {
     pub learning: LearningConfig,
     pub state_dir: PathBuf,
     pub resize: ResizeMode,
+    /// The largest archive `cmd/export` publishes (`mqtt.max_packet_bytes` less room for the
+    /// topic and header); larger ones stay on the device.
+    pub max_publish_bytes: usize,
 }
 
 /// The handle the daemon holds.
@@ -508,9 +511,16 @@ impl Worker {
                     labels: Some(labels),
                     ..accepted.clone()
                 }),
-            Command::Export => self.export().map(|path| Ack {
-                path: Some(path.display().to_string()),
-                ..accepted.clone()
+            Command::Export { publish } => self.export().map(|(path, bytes)| {
+                let mut ack = Ack {
+                    path: Some(path.display().to_string()),
+                    bytes: Some(bytes),
+                    ..accepted.clone()
+                };
+                if publish {
+                    ack.published = Some(self.publish_export(&path, bytes, &mut ack));
+                }
+                ack
             }),
         };
         result.unwrap_or_else(rejected)
@@ -733,8 +743,36 @@ impl Worker {
         }
     }
 
-    /// Writes every sample's thumbnail and label into `<state_dir>/exports/samples-<ms>.tar`.
-    fn export(&self) -> Result<PathBuf, String> {
+    /// Publishes an export archive on `export` (before its ack, so a client that waits for the
+    /// ack has the archive). Too large for one MQTT packet: the ack says so and where it is.
+    fn publish_export(&self, path: &std::path::Path, bytes: u64, ack: &mut Ack) -> bool {
+        if bytes > self.settings.max_publish_bytes as u64 {
+            ack.reason = Some(format!(
+                "the archive is {bytes} bytes, over the {} bytes one MQTT message may carry \
+                 (mqtt.max_packet_bytes); copy {} from the device",
+                self.settings.max_publish_bytes,
+                path.display()
+            ));
+            return false;
+        }
+        match std::fs::read(path) {
+            Ok(payload) => {
+                self.send(Outbound {
+                    kind: Outgoing::Export,
+                    payload,
+                });
+                true
+            }
+            Err(e) => {
+                ack.reason = Some(format!("cannot read {}: {e}", path.display()));
+                false
+            }
+        }
+    }
+
+    /// Writes every sample's thumbnail and label into `<state_dir>/exports/samples-<ms>.tar`;
+    /// returns its path and size.
+    fn export(&self) -> Result<(PathBuf, u64), String> {
         let rows = self.store.thumbnails().map_err(|e| e.to_string())?;
         let dir = self.settings.state_dir.join("exports");
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -754,7 +792,13 @@ impl Worker {
             std::fs::rename(&tmp, &path)
         };
         write().map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        Ok(path)
+        let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        log::info!(
+            "exported {} samples to {} ({bytes} bytes)",
+            rows.len(),
+            path.display()
+        );
+        Ok((path, bytes))
     }
 }
 

@@ -33,6 +33,9 @@ use pipeline::{LoadedHead, Pipeline, PipelineSettings};
 use publish::Publisher;
 use recent::{RecentFrame, RecentFrames};
 
+/// Room left in an MQTT packet for the topic and fixed header when publishing an export archive.
+const EXPORT_HEADROOM: usize = 1024;
+
 /// Why the daemon could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -134,6 +137,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             learning: config.learning.clone(),
             state_dir: state_dir.clone(),
             resize: config.model.resize,
+            max_publish_bytes: config.mqtt.max_packet_bytes.saturating_sub(EXPORT_HEADROOM),
         },
         learner_tx,
     )

@@ -67,11 +67,13 @@ pub enum Outgoing {
     Ack,
     Report,
     Thumbnail,
+    /// `cmd/export` with `publish`: the samples archive (tar bytes, not JSON).
+    Export,
 }
 
 impl Outgoing {
     /// Every outgoing kind, in a stable order (used by `glimpse watch` to subscribe).
-    pub const ALL: [Outgoing; 7] = [
+    pub const ALL: [Outgoing; 8] = [
         Outgoing::Availability,
         Outgoing::Prediction,
         Outgoing::State,
@@ -79,6 +81,7 @@ impl Outgoing {
         Outgoing::Ack,
         Outgoing::Report,
         Outgoing::Thumbnail,
+        Outgoing::Export,
     ];
 
     /// The topic suffix after `{prefix}/{device}/`.
@@ -91,6 +94,7 @@ impl Outgoing {
             Outgoing::Ack => "ack",
             Outgoing::Report => "report",
             Outgoing::Thumbnail => "frame/thumbnail",
+            Outgoing::Export => "export",
         }
     }
 

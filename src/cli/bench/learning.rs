@@ -181,6 +181,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             learning: learning.clone(),
             state_dir: state.0.clone(),
             resize: args.model.resize_mode(),
+            max_publish_bytes: 0,
         },
         out_tx,
     )

@@ -43,6 +43,12 @@ pub struct Ack {
     /// `export`: the archive written on the device.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub path: Option<String>,
+    /// `export`: the archive's size, and whether it was published on `export` (just before
+    /// this ack).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub published: Option<bool>,
     /// `forget`: samples deleted.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub deleted: Option<u64>,
@@ -76,11 +82,18 @@ impl Ack {
 /// A command from `{p}/{d}/cmd/{name}` with its JSON argument (an empty payload = `{}`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    Retrain { force: bool },
+    Retrain {
+        force: bool,
+    },
     Rollback,
-    Forget { label: String },
+    Forget {
+        label: String,
+    },
     Labels,
-    Export,
+    /// Write the samples archive on the device; with `publish`, also publish it on `export`.
+    Export {
+        publish: bool,
+    },
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -92,6 +105,8 @@ struct CommandArgs {
     force: bool,
     #[serde(default)]
     label: Option<String>,
+    #[serde(default)]
+    publish: bool,
 }
 
 /// Parses a command; returns the command's id (for the ack) next to it or the reason it is
@@ -112,7 +127,9 @@ pub fn parse_command(name: &str, payload: &[u8]) -> (Option<String>, Result<Comm
         "retrain" => Ok(Command::Retrain { force: args.force }),
         "rollback" => Ok(Command::Rollback),
         "labels" => Ok(Command::Labels),
-        "export" => Ok(Command::Export),
+        "export" => Ok(Command::Export {
+            publish: args.publish,
+        }),
         "forget" => match args.label {
             Some(label) => crate::learn::ingest::validate_label(&label)
                 .map(|()| Command::Forget { label })
