@@ -17,19 +17,18 @@ use arc_swap::ArcSwapOption;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::pipeline::{backbone_alone, ImageDir};
+use super::pipeline::{backbone_alone, start_replay, ImageDir};
 use super::{synthetic_embeddings, BenchArgs, StageStats};
 use crate::config::LearningConfig;
 use crate::daemon::learner::{Learner, LearnerSettings, Outbound};
-use crate::daemon::pipeline::{HeadCell, Pipeline, PipelineSettings, PipelineStats};
+use crate::daemon::pipeline::{HeadCell, PipelineStats};
 use crate::daemon::recent::RecentFrames;
 use crate::learn::cache::content_hash;
 use crate::mqtt::link::Received;
 use crate::mqtt::messages::learning::{Ack, AckStatus};
 use crate::mqtt::topics::{Incoming, Outgoing};
-use crate::source::SourceConfig;
 use crate::store::{NewSample, Store};
-use crate::vision::preprocess::{synthetic_jpeg, DecodeLimits};
+use crate::vision::preprocess::synthetic_jpeg;
 
 /// Ingests timed (after 2 warm-up ones).
 const INGEST_RUNS: usize = 20;
@@ -219,23 +218,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
 
     let images = ImageDir::create(args.pipeline_images.max(1), width, height)?;
-    let source = crate::source::open(&SourceConfig {
-        uri: format!("dir:{}", images.0.display()),
-        replay_fps: 0.0,
-        replay_loop: true,
-        ..SourceConfig::default()
-    })?;
-    let settings = PipelineSettings {
-        resize: args.model.resize_mode(),
-        limits: DecodeLimits::default(),
-        skip_unchanged_below: 0.0,
-        top_k: 3,
-        thumbnail_px: learning.thumbnail_px,
-    };
-    let (events_tx, mut events) = mpsc::channel(16);
-    let pipeline = Pipeline::start(source, backbone.clone(), head, settings, events_tx)
-        .context("cannot start the pipeline threads")?;
-    let drain = std::thread::spawn(move || while events.blocking_recv().is_some() {});
+    let (pipeline, drain) = start_replay(args, &images, backbone.clone(), head)?;
     let window = Duration::from_secs_f64(args.seconds.max(1.0));
     say(format!(
         "frames: {:.0} s without training, then {:.0} s with heads training back to back...",

@@ -17,7 +17,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::{BenchArgs, StageStats};
-use crate::daemon::pipeline::{Pipeline, PipelineSettings};
+use crate::daemon::pipeline::{HeadCell, Pipeline, PipelineSettings};
 use crate::source::SourceConfig;
 use crate::vision::backbone::Backbone;
 use crate::vision::preprocess::{decode_image, synthetic_jpeg, DecodeLimits, Preprocessor};
@@ -110,17 +110,14 @@ pub(super) fn backbone_alone(
     Ok(StageStats::from_durations(&times))
 }
 
-pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    let (width, height) = (640, 480);
-    let threads = args.pipeline_threads.max(1);
-    let model = crate::cli::common::ModelArgs {
-        threads,
-        ..args.model.clone()
-    };
-    let backbone = model.load_backbone()?;
-    let images = ImageDir::create(args.pipeline_images.max(1), width, height)?;
-    let alone = backbone_alone(&backbone, args, &synthetic_jpeg(width, height, 85)?)?;
-
+/// The daemon's pipeline on an unpaced looping replay of `images`, its events drained (counted
+/// by the pipeline itself) as a healthy publisher would. Stop the pipeline, then join the drain.
+pub(super) fn start_replay(
+    args: &BenchArgs,
+    images: &ImageDir,
+    backbone: Arc<Backbone>,
+    head: Arc<HeadCell>,
+) -> anyhow::Result<(Pipeline, std::thread::JoinHandle<()>)> {
     let source = crate::source::open(&SourceConfig {
         uri: format!("dir:{}", images.0.display()),
         replay_fps: 0.0,
@@ -135,18 +132,31 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         // As the daemon: every frame also gets the thumbnail the teaching ring keeps.
         thumbnail_px: crate::config::LearningConfig::default().thumbnail_px,
     };
-    // Capacity 16 as in the daemon; the drain keeps it empty, as a healthy publisher does.
+    // Capacity 16 as in the daemon.
     let (events_tx, mut events) = mpsc::channel(16);
-    let pipeline = Pipeline::start(
-        source,
+    let pipeline = Pipeline::start(source, backbone, head, settings, events_tx)
+        .context("cannot start the pipeline threads")?;
+    let drain = std::thread::spawn(move || while events.blocking_recv().is_some() {});
+    Ok((pipeline, drain))
+}
+
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let (width, height) = (640, 480);
+    let threads = args.pipeline_threads.max(1);
+    let model = crate::cli::common::ModelArgs {
+        threads,
+        ..args.model.clone()
+    };
+    let backbone = model.load_backbone()?;
+    let images = ImageDir::create(args.pipeline_images.max(1), width, height)?;
+    let alone = backbone_alone(&backbone, args, &synthetic_jpeg(width, height, 85)?)?;
+
+    let (pipeline, drain) = start_replay(
+        args,
+        &images,
         backbone.clone(),
         Arc::new(ArcSwapOption::empty()),
-        settings,
-        events_tx,
-    )
-    .context("cannot start the pipeline threads")?;
-    // The events are counted by the pipeline itself (frames_out); here they are only emptied.
-    let drain = std::thread::spawn(move || while events.blocking_recv().is_some() {});
+    )?;
 
     if !args.json {
         eprintln!(
