@@ -529,6 +529,19 @@ impl Store {
             .map_err(self.err("read the active head"))
     }
 
+    /// When the active head version was stored (Unix ms), if there is one. Reads no file.
+    pub fn active_created_at(&self) -> Result<Option<u64>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT created_at_ms FROM heads WHERE active = 1",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|v| v.map(|v| v as u64))
+            .map_err(self.err("read the active head"))
+    }
+
     /// The newest version older than `version`.
     pub fn previous_version(&self, version: u64) -> Result<Option<u64>, StoreError> {
         self.conn
@@ -669,6 +682,8 @@ mod tests {
         assert_eq!(store.previous_version(v1).unwrap(), None);
         store.set_active(v1).unwrap();
         assert_eq!(store.active_version().unwrap(), Some(v1));
+        let created = store.head(v1).unwrap().unwrap().created_at_ms;
+        assert_eq!(store.active_created_at().unwrap(), Some(created));
         assert_eq!(store.head(v3).unwrap().unwrap().bytes, b"three");
         assert!(!store.head(v3).unwrap().unwrap().active);
         assert!(store.set_active(99).is_err());

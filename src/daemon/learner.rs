@@ -237,11 +237,7 @@ pub fn restore_head(
 /// restart does not forget them).
 fn samples_since_active_head(store: &Store) -> u32 {
     let count = || -> Result<u64, StoreError> {
-        let since = match store.active_version()? {
-            Some(v) => store.head(v).ok().flatten().map_or(0, |h| h.created_at_ms),
-            None => 0,
-        };
-        store.samples_after(since)
+        store.samples_after(store.active_created_at()?.unwrap_or(0))
     };
     match count() {
         Ok(n) => n.min(u32::MAX as u64) as u32,
