@@ -199,6 +199,15 @@ fn glimpse(broker: &Mosquitto, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// A one-photo looping replay: keeps a daemon online and predicting while a test teaches it.
+fn idle_source(root: &Path) -> PathBuf {
+    replay_dir(
+        root,
+        "idle",
+        &[(class_files("rps", "rock")[0].clone(), "x".into())],
+    )
+}
+
 /// Copies labeled files into a fresh folder as `NNN_label.ext`, so the dir source replays them
 /// in this order and frame N is file N.
 fn replay_dir(root: &Path, name: &str, files: &[(PathBuf, String)]) -> PathBuf {
@@ -271,11 +280,7 @@ fn teach_and_predict_then_add_classes() {
     let broker = Mosquitto::start();
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
-    let idle = replay_dir(
-        tmp.path(),
-        "idle",
-        &[(class_files("rps", "rock")[0].clone(), "x".into())],
-    );
+    let idle = idle_source(tmp.path());
 
     // 80% of rps, class per folder, sent with `glimpse send`.
     let teach = tmp.path().join("teach");
@@ -399,11 +404,7 @@ fn bad_input_is_rejected_with_a_reason_and_nothing_is_stored() {
     let broker = Mosquitto::start();
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
-    let idle = replay_dir(
-        tmp.path(),
-        "idle",
-        &[(class_files("rps", "rock")[0].clone(), "x".into())],
-    );
+    let idle = idle_source(tmp.path());
     let sub = Subscriber::connect(
         broker.port(),
         &[&topic("availability"), &topic("ack"), &topic("prediction")],
@@ -584,11 +585,7 @@ fn stream_with_disruptions(disrupt_broker: bool) {
     let mut broker = Mosquitto::start();
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
-    let idle = replay_dir(
-        tmp.path(),
-        "idle",
-        &[(class_files("rps", "rock")[0].clone(), "x".into())],
-    );
+    let idle = idle_source(tmp.path());
     let mut files: Vec<(PathBuf, String)> = Vec::new();
     for class in ["paper", "rock", "scissors"] {
         files.extend(
@@ -704,11 +701,7 @@ fn a_corrupt_head_version_falls_back_to_the_previous_one() {
     let broker = Mosquitto::start();
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
-    let idle = replay_dir(
-        tmp.path(),
-        "idle",
-        &[(class_files("rps", "rock")[0].clone(), "x".into())],
-    );
+    let idle = idle_source(tmp.path());
     let sub = Subscriber::connect(
         broker.port(),
         &[&topic("availability"), &topic("ack"), &topic("prediction")],

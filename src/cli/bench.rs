@@ -259,12 +259,22 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         runs: args.runs,
         results,
         train: train_result,
-        peak_rss_mb: crate::procstat::peak_rss_bytes().map(|b| b as f64 / 1048576.0),
+        peak_rss_mb: peak_rss_mb(),
     };
+    emit(args, &report, print_table)
+}
+
+/// Peak resident memory of this process, in MiB (the figure every bench mode reports).
+fn peak_rss_mb() -> Option<f64> {
+    crate::procstat::peak_rss_bytes().map(|b| b as f64 / 1048576.0)
+}
+
+/// Prints a report as JSON (`--json`) or with its human-readable printer.
+fn emit<T: Serialize>(args: &BenchArgs, report: &T, print: fn(&T)) -> anyhow::Result<()> {
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{}", serde_json::to_string_pretty(report)?);
     } else {
-        print_table(&report);
+        print(report);
     }
     Ok(())
 }

@@ -17,8 +17,8 @@ use arc_swap::ArcSwapOption;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::pipeline::{backbone_alone, start_replay, ImageDir};
-use super::{synthetic_embeddings, BenchArgs, StageStats};
+use super::pipeline::{backbone_alone, start_replay, ScratchDir};
+use super::{emit, peak_rss_mb, synthetic_embeddings, BenchArgs, StageStats};
 use crate::config::LearningConfig;
 use crate::daemon::learner::{Learner, LearnerSettings, Outbound};
 use crate::daemon::pipeline::{HeadCell, PipelineStats};
@@ -150,7 +150,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         }
     };
 
-    let state = ImageDir::create(0, width, height)?;
+    let state = ScratchDir::create(0, width, height)?;
     let mut seeding = Store::open_in(&state.0)?;
     say(format!(
         "seeding the store with {} samples ({SEED_CLASSES} classes)...",
@@ -217,7 +217,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         retrains.push(driver.retrain()?);
     }
 
-    let images = ImageDir::create(args.pipeline_images.max(1), width, height)?;
+    let images = ScratchDir::create(args.pipeline_images.max(1), width, height)?;
     let (pipeline, drain) = start_replay(args, &images, backbone.clone(), head)?;
     let window = Duration::from_secs_f64(args.seconds.max(1.0));
     say(format!(
@@ -263,14 +263,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         throughput_during_training: training / normal.max(1e-9),
         retrains_under_load: under_load.len(),
         retrain_under_load: StageStats::from_durations(&under_load),
-        peak_rss_mb: crate::procstat::peak_rss_bytes().map(|b| b as f64 / 1048576.0),
+        peak_rss_mb: peak_rss_mb(),
     };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_report(&report);
-    }
-    Ok(())
+    emit(args, &report, print_report)
 }
 
 fn print_report(r: &LearningReport) {

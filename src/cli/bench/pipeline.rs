@@ -16,7 +16,7 @@ use arc_swap::ArcSwapOption;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::{BenchArgs, StageStats};
+use super::{emit, peak_rss_mb, BenchArgs, StageStats};
 use crate::daemon::pipeline::{HeadCell, Pipeline, PipelineSettings};
 use crate::source::SourceConfig;
 use crate::vision::backbone::Backbone;
@@ -54,12 +54,12 @@ pub struct PipelineReport {
     pub peak_rss_mb: Option<f64>,
 }
 
-/// A temporary folder of synthetic JPEGs (or an empty one, `count` 0), removed on drop (the
-/// library has no tempfile crate).
-pub(super) struct ImageDir(pub(super) PathBuf);
+/// A temporary folder of synthetic JPEGs (or an empty one, `count` 0, e.g. a state directory),
+/// removed on drop (the library has no tempfile crate).
+pub(super) struct ScratchDir(pub(super) PathBuf);
 
-impl ImageDir {
-    pub(super) fn create(count: usize, width: u32, height: u32) -> anyhow::Result<ImageDir> {
+impl ScratchDir {
+    pub(super) fn create(count: usize, width: u32, height: u32) -> anyhow::Result<ScratchDir> {
         static CREATED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -72,7 +72,7 @@ impl ImageDir {
         ));
         std::fs::create_dir_all(&path)
             .with_context(|| format!("cannot create {}", path.display()))?;
-        let dir = ImageDir(path);
+        let dir = ScratchDir(path);
         // Different qualities give different files: the decoder cannot coast on one image.
         for i in 0..count {
             let quality = 70 + (i * 5 % 30) as u8;
@@ -84,7 +84,7 @@ impl ImageDir {
     }
 }
 
-impl Drop for ImageDir {
+impl Drop for ScratchDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
@@ -114,7 +114,7 @@ pub(super) fn backbone_alone(
 /// by the pipeline itself) as a healthy publisher would. Stop the pipeline, then join the drain.
 pub(super) fn start_replay(
     args: &BenchArgs,
-    images: &ImageDir,
+    images: &ScratchDir,
     backbone: Arc<Backbone>,
     head: Arc<HeadCell>,
 ) -> anyhow::Result<(Pipeline, std::thread::JoinHandle<()>)> {
@@ -148,7 +148,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         ..args.model.clone()
     };
     let backbone = model.load_backbone()?;
-    let images = ImageDir::create(args.pipeline_images.max(1), width, height)?;
+    let images = ScratchDir::create(args.pipeline_images.max(1), width, height)?;
     let alone = backbone_alone(&backbone, args, &synthetic_jpeg(width, height, 85)?)?;
 
     let (pipeline, drain) = start_replay(
@@ -215,14 +215,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         frames_skipped: stats.frames_skipped.load(Ordering::Relaxed),
         events_dropped: stats.events_dropped.load(Ordering::Relaxed),
         decode_errors: stats.decode_errors.load(Ordering::Relaxed),
-        peak_rss_mb: crate::procstat::peak_rss_bytes().map(|b| b as f64 / 1048576.0),
+        peak_rss_mb: peak_rss_mb(),
     };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_report(&report);
-    }
-    Ok(())
+    emit(args, &report, print_report)
 }
 
 fn print_report(r: &PipelineReport) {
