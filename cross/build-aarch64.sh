@@ -10,9 +10,9 @@
 #   GLIMPSE_AARCH64_TARGET_DIR  the aarch64 target dir itself (overrides the above)
 #   GLIMPSE_GLIBC               the glibc to link against (default 2.27)
 #
-# What it needs: python3 with venv (the zig toolchain comes from PyPI, pinned below), rustup, and
-# libclang (apt-get install -y libclang-dev) for the bindgen step of nokhwa's V4L2 backend, whose
-# kernel headers are taken from zig's bundled aarch64 headers (no cross libc packages needed). Release build: ~12 min on 2 cores.
+# What it needs: python3 with venv (the zig toolchain comes from PyPI, pinned below) and rustup;
+# no libclang and no aarch64 sysroot (the V4L2 bindings are checked in: vendor/v4l2-sys-mit).
+# Release build: ~12 min on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,11 +31,6 @@ need() { command -v "$1" >/dev/null 2>&1 || die "$1 not found: $2"; }
 need python3 "apt-get install -y python3 python3-venv"
 need rustup "install Rust with rustup (https://rustup.rs)"
 need cargo "install Rust with rustup (https://rustup.rs)"
-# bindgen loads libclang at build time; without it nokhwa's build script fails much later with a
-# less helpful message.
-if ! ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/*/libclang*.so* >/dev/null 2>&1; then
-  die "libclang not found (needed by bindgen for the V4L2 camera backend): apt-get install -y libclang-dev"
-fi
 
 # Pinned zig + cargo-zigbuild in a private virtualenv: no system-wide pip installs, and a rebuild
 # years later gets the same linker.
@@ -54,11 +49,10 @@ if ! rustup target list --installed | grep -qx "$TARGET"; then
   rustup target add "$TARGET" || die "rustup target add $TARGET failed"
 fi
 
-# bindgen (nokhwa -> v4l2-sys-mit) parses <linux/videodev2.h> for the target with the include
-# paths cargo-zigbuild hands it (BINDGEN_EXTRA_CLANG_ARGS_<target>: zig's aarch64 glibc and kernel
-# headers). zig words those paths relative to the working directory when they lie beneath it,
-# and build scripts run elsewhere, so with the tools under ./target the header was "not found".
-# Hence: run from a scratch directory, with absolute paths for everything.
+# zig words include paths relative to the working directory when they lie beneath it, and build
+# scripts (the C parts: ring, bundled SQLite) run elsewhere; with the tools under ./target that
+# broke header lookups once. Hence: run from a scratch directory, with absolute paths for
+# everything.
 SCRATCH=$(mktemp -d)
 trap 'rm -rf "$SCRATCH"' EXIT
 

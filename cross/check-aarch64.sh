@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The board check, without a board: builds the aarch64 release binary (cross/build-aarch64.sh),
-# checks that it needs no glibc newer than 2.27 (JetPack 4.6), runs `glimpse classify` on the
+# checks that it needs no glibc newer than 2.27 (JetPack 4.6), runs the V4L2 bindings' ABI tests
+# (vendor/v4l2-sys-mit) natively under qemu-aarch64, runs `glimpse classify` on the
 # ImageNet test photos under qemu-aarch64 and on this machine, and requires the same top-1 class
 # per image and embeddings within 1e-4 relative L2 (cross/compare_classify.py); then packages the
 # .deb (cross/package-deb.sh) and checks its contents. Exits non-zero, naming the step, on any
@@ -61,6 +62,28 @@ if [ "$(printf '%s\n%s\n' "$newest" "$MAX_GLIBC" | sort -V | tail -n 1)" != "$MA
   die "$BIN needs GLIBC_$newest, newer than $MAX_GLIBC (JetPack 4.6 would refuse to start it)"
 fi
 
+# The checked-in aarch64 V4L2 bindings against the kernel's documented layouts, compiled for and
+# run on aarch64 itself (cargo test checks the same file on the host, where both are LP64).
+step "V4L2 ABI tests (vendor/v4l2-sys-mit) under qemu-aarch64 -cpu $QEMU_CPU"
+TOOLS_BIN=$AARCH64_TARGET_DIR/tools/venv/bin
+[ -x "$TOOLS_BIN/cargo-zigbuild" ] || die "no cargo-zigbuild in $TOOLS_BIN (cross/build-aarch64.sh installs it)"
+REPO=$PWD
+# From a scratch directory, like build-aarch64.sh (zig and relative include paths).
+ABI_TEST=$(cd "$WORK" && PATH="$TOOLS_BIN:$PATH" CARGO_TARGET_DIR="$AARCH64_TARGET_DIR" \
+  cargo zigbuild --manifest-path "$REPO/Cargo.toml" -p v4l2-sys-mit --tests \
+    --target "aarch64-unknown-linux-gnu.$MAX_GLIBC" --message-format json-render-diagnostics \
+  | python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["executable"])') || die "building the V4L2 ABI tests for aarch64 failed"
+[ -x "$ABI_TEST" ] || die "no aarch64 test binary for vendor/v4l2-sys-mit (got '$ABI_TEST')"
+qemu-aarch64 -cpu "$QEMU_CPU" -L "$QEMU_SYSROOT" "$ABI_TEST" > "$WORK/abi.txt" 2>&1 \
+  || { cat "$WORK/abi.txt" >&2; die "the V4L2 ABI tests fail on aarch64"; }
+grep -qx 'test abi::v4l2_buffer_layout ... ok' "$WORK/abi.txt" \
+  || { cat "$WORK/abi.txt" >&2; die "the V4L2 ABI tests did not run on aarch64"; }
+abi_result=$(grep '^test result:' "$WORK/abi.txt")
+
 HOST_BIN=${GLIMPSE_HOST_BIN:-}
 if [ -z "$HOST_BIN" ]; then
   step "host build (cargo build --release)"
@@ -104,5 +127,6 @@ qemu-aarch64 -cpu "$QEMU_CPU" -L "$QEMU_SYSROOT" "$WORK/deb/usr/bin/glimpse" --v
 
 echo "check-aarch64: OK: $BIN"
 echo "check-aarch64:   build ${build_s}s, newest glibc symbol GLIBC_$newest (<= $MAX_GLIBC)"
+echo "check-aarch64:   V4L2 ABI tests on aarch64: $abi_result"
 echo "check-aarch64:   classify of ${#IMAGES[@]} photos under qemu-aarch64 -cpu $QEMU_CPU ${qemu_s}s (1 thread)"
 echo "check-aarch64:   package $DEB ($(stat -c %s "$DEB") bytes)"

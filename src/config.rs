@@ -22,6 +22,12 @@ pub const ENV_PREFIX: &str = "GLIMPSE_";
 /// because other `GLIMPSE_X` variables (`GLIMPSE_MODEL`, `GLIMPSE_CONFIG`) are command-line
 /// defaults, not configuration keys.
 pub const TOP_LEVEL_ENV_KEYS: &[&str] = &["state_dir"];
+/// Most backbone threads a config may ask for: more than any board has cores is a typo.
+pub const MAX_MODEL_THREADS: usize = 64;
+/// Most recent frames kept for `frame_id` labeling (about 10 KB each: 40 MB at most).
+pub const MAX_RECENT_FRAMES: usize = 4096;
+/// The levels `log.level` (and each `module=level` directive in it) may name.
+pub const LOG_LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -96,8 +102,16 @@ impl Default for PipelineConfig {
 pub struct LearningConfig {
     /// Accept samples and commands at all; off = they are rejected with a reason.
     pub enabled: bool,
-    /// Retrain after this many newly accepted samples; 0 = only on `cmd/retrain`.
+    /// Retrain after this many newly accepted samples (or a tenth of the store, when more);
+    /// 0 = only on `cmd/retrain` (no automatic retraining at all).
     pub retrain_after: u32,
+    /// Also retrain when samples stopped arriving for this long and some are new; 0 = off.
+    pub retrain_quiet_ms: u64,
+    /// Head versions kept besides the active one (older ones are deleted, rows and files).
+    pub keep_heads: usize,
+    /// A label the active head does not know is imprinted into it (served at once, refined by
+    /// the next training) when it has this many samples; 0 = wait for the training.
+    pub imprint_after: u64,
     /// Largest sample payload (image bytes, or the whole JSON message), in bytes.
     pub max_sample_bytes: usize,
     /// Largest sample image, in pixels (width * height), checked before decoding.
@@ -125,7 +139,10 @@ impl Default for LearningConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            retrain_after: 20,
+            retrain_after: 10,
+            retrain_quiet_ms: 1000,
+            keep_heads: 10,
+            imprint_after: 5,
             max_sample_bytes: 4 << 20,
             max_sample_pixels: 25_000_000,
             max_per_label: 5_000,
@@ -242,9 +259,9 @@ pub fn parse(
                 path: file.to_path_buf(),
                 message: one_line(&err.to_string()),
             })?;
-    apply_env_overrides(&mut table, env)?;
-    let config: Config =
-        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|err| {
+    let overrides = apply_env_overrides(&mut table, env)?;
+    let config: Result<Config, _> = serde_path_to_error::deserialize(toml::Value::Table(table))
+        .map_err(|err| {
             let key = err.path().to_string();
             ConfigError::Key {
                 path: file.to_path_buf(),
@@ -255,9 +272,39 @@ pub fn parse(
                 },
                 message: one_line(&err.into_inner().to_string()),
             }
-        })?;
-    validate(file, &config)?;
+        });
+    let config = config.map_err(|e| blame_variable(e, &overrides))?;
+    validate(file, &config).map_err(|e| blame_variable(e, &overrides))?;
     Ok(config)
+}
+
+/// Rewrites an error about a key that a `GLIMPSE_*` variable set so that it names the variable,
+/// not the file (which may not even exist). `overrides` maps dotted keys to variable names.
+fn blame_variable(err: ConfigError, overrides: &[(String, String)]) -> ConfigError {
+    let culprit = |text: &str| {
+        overrides
+            .iter()
+            .find(|(key, _)| {
+                text == key
+                    || text.starts_with(&format!("{key}."))
+                    || text.starts_with(&format!("{key}:"))
+            })
+            .map(|(key, var)| (key.clone(), var.clone()))
+    };
+    match err {
+        ConfigError::Key { key, message, path } => match culprit(&key) {
+            Some((_, var)) => ConfigError::Env {
+                var,
+                message: format!("key `{key}`: {message}"),
+            },
+            None => ConfigError::Key { path, key, message },
+        },
+        ConfigError::Invalid { message, path } => match culprit(&message) {
+            Some((_, var)) => ConfigError::Env { var, message },
+            None => ConfigError::Invalid { path, message },
+        },
+        other => other,
+    }
 }
 
 fn one_line(text: &str) -> String {
@@ -268,11 +315,12 @@ fn one_line(text: &str) -> String {
 /// parses as one (numbers, booleans, arrays), else as a string; quote it (`'"123"'`) to force a
 /// string. Other variables without `__` (such as `GLIMPSE_MODEL`, used by the offline commands)
 /// are not configuration keys and are ignored here; the top-level keys ([`TOP_LEVEL_ENV_KEYS`])
-/// are the exception.
+/// are the exception. Returns `(dotted key, variable)` for each override applied, so errors
+/// about those keys can name the variable.
 pub fn apply_env_overrides(
     table: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
-) -> Result<(), ConfigError> {
+) -> Result<Vec<(String, String)>, ConfigError> {
     let is_top_level = |name: &str| {
         TOP_LEVEL_ENV_KEYS
             .iter()
@@ -286,6 +334,7 @@ pub fn apply_env_overrides(
         })
         .collect();
     vars.sort();
+    let mut applied = Vec::new();
     for (var, raw) in vars {
         let keys: Vec<String> = var[ENV_PREFIX.len()..]
             .split("__")
@@ -314,8 +363,9 @@ pub fn apply_env_overrides(
             };
         }
         node.insert(keys[keys.len() - 1].clone(), value);
+        applied.push((keys.join("."), var));
     }
-    Ok(())
+    Ok(applied)
 }
 
 fn parse_env_value(raw: &str) -> toml::Value {
@@ -334,9 +384,26 @@ fn validate(file: &Path, config: &Config) -> Result<(), ConfigError> {
         key: key.into(),
         message: message.into(),
     };
+    if config
+        .state_dir
+        .as_ref()
+        .is_some_and(|dir| dir.as_os_str().is_empty())
+    {
+        return Err(key(
+            "state_dir",
+            "is empty: give a directory, or leave it unset for the default",
+        ));
+    }
     if config.model.top_k == 0 {
         return Err(key("model.top_k", "must be at least 1"));
     }
+    if config.model.threads > MAX_MODEL_THREADS {
+        return Err(key(
+            "model.threads",
+            &format!("must be 0 (one per core, at most 4) or 1..={MAX_MODEL_THREADS}"),
+        ));
+    }
+    validate_log_level(&config.log.level).map_err(|m| key("log.level", &m))?;
     // NaN is refused too (TOML accepts `nan`): it is no threshold at all.
     let threshold = config.pipeline.skip_unchanged_below;
     if threshold.is_nan() || threshold < 0.0 {
@@ -359,6 +426,12 @@ fn validate(file: &Path, config: &Config) -> Result<(), ConfigError> {
         return Err(key(
             "learning.max_per_label/max_total/max_labels",
             "quotas must be at least 1 (max_labels at least 2)",
+        ));
+    }
+    if learning.recent_frames > MAX_RECENT_FRAMES {
+        return Err(key(
+            "learning.recent_frames",
+            &format!("must be at most {MAX_RECENT_FRAMES} (each frame holds about 10 KB)"),
         ));
     }
     if !(8..=512).contains(&learning.thumbnail_px) {
@@ -384,6 +457,31 @@ fn validate(file: &Path, config: &Config) -> Result<(), ConfigError> {
         .parse::<crate::source::SourceUri>()
         .map_err(|e| invalid(format!("source.uri: {e}")))?;
     config.mqtt.validate().map_err(|e| invalid(e.to_string()))?;
+    Ok(())
+}
+
+/// `log.level` is a level (`info`) or env_logger directives (`warn,glimpse::mqtt=debug`). A bare
+/// word that is no level would be read by env_logger as a module name and silence everything
+/// else, errors included, so it is refused here.
+pub fn validate_log_level(spec: &str) -> Result<(), String> {
+    let is_level = |l: &str| LOG_LEVELS.iter().any(|k| k.eq_ignore_ascii_case(l.trim()));
+    let directives: Vec<&str> = spec.split(',').map(str::trim).collect();
+    if directives.iter().all(|d| d.is_empty()) {
+        return Err(format!("is empty; use one of {}", LOG_LEVELS.join(", ")));
+    }
+    for directive in directives.into_iter().filter(|d| !d.is_empty()) {
+        let level = match directive.split_once('=') {
+            Some((module, level)) if !module.trim().is_empty() => level,
+            Some(_) => "",
+            None => directive,
+        };
+        if !is_level(level) {
+            return Err(format!(
+                "{directive:?} is not a level; use one of {} (or module=level directives)",
+                LOG_LEVELS.join(", ")
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -441,5 +539,65 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("mqtt.qos"), "{err}");
+    }
+
+    fn error_of(text: &str, vars: &[(&str, &str)]) -> String {
+        parse(Path::new("t.toml"), text, env(vars))
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn errors_from_variables_name_the_variable_not_the_file() {
+        let err = error_of("", &[("GLIMPSE_MQTT__QOS", "7")]);
+        assert!(err.contains("GLIMPSE_MQTT__QOS"), "{err}");
+        assert!(!err.contains("t.toml"), "{err}");
+        let err = error_of("", &[("GLIMPSE_MQTT__QOS", "'high'")]);
+        assert!(
+            err.contains("GLIMPSE_MQTT__QOS") && err.contains("mqtt.qos"),
+            "{err}"
+        );
+        let err = error_of("", &[("GLIMPSE_LEARNING__RECENT_FRAMES", "100000000")]);
+        assert!(err.contains("GLIMPSE_LEARNING__RECENT_FRAMES"), "{err}");
+        // The same key set in the file is still blamed on the file.
+        let err = error_of("[mqtt]\nqos = 7\n", &[("GLIMPSE_MQTT__DEVICE_ID", "x")]);
+        assert!(err.contains("t.toml") && err.contains("mqtt.qos"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_state_dir_is_refused() {
+        let err = error_of("", &[("GLIMPSE_STATE_DIR", "")]);
+        assert!(
+            err.contains("GLIMPSE_STATE_DIR") && err.contains("empty"),
+            "{err}"
+        );
+        let err = error_of("state_dir = ''\n", &[]);
+        assert!(err.contains("t.toml") && err.contains("state_dir"), "{err}");
+    }
+
+    #[test]
+    fn ranges_of_threads_and_recent_frames_are_bounded() {
+        let err = error_of("[model]\nthreads = 1000\n", &[]);
+        assert!(err.contains("model.threads"), "{err}");
+        let err = error_of("[learning]\nrecent_frames = 100000000\n", &[]);
+        assert!(err.contains("learning.recent_frames"), "{err}");
+        let max = format!("[model]\nthreads = {MAX_MODEL_THREADS}\n[learning]\nrecent_frames = {MAX_RECENT_FRAMES}\n");
+        assert!(parse(Path::new("t.toml"), &max, env(&[])).is_ok());
+    }
+
+    #[test]
+    fn log_level_must_name_levels() {
+        for good in ["info", "WARN", "off", "warn,glimpse::mqtt=debug", " debug "] {
+            assert_eq!(validate_log_level(good), Ok(()), "{good}");
+        }
+        for bad in ["verbose", "", " , ", "glimpse=loud", "=info", "info,chatty"] {
+            assert!(validate_log_level(bad).is_err(), "{bad:?} passed");
+        }
+        let err = error_of("[log]\nlevel = 'verbose'\n", &[]);
+        assert!(
+            err.contains("log.level") && err.contains("verbose"),
+            "{err}"
+        );
     }
 }

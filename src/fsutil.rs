@@ -60,6 +60,20 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), (AtomicStep, io::Er
         .map_err(|e| (AtomicStep::SyncDir, e))
 }
 
+/// Bytes available to this (unprivileged) process on the filesystem holding `path`: what
+/// `stats` reports for the state directory, so an operator sees a filling eMMC coming.
+pub fn free_bytes(path: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: statvfs writes into the zeroed struct we own; the path is NUL-terminated.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

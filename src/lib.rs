@@ -7,6 +7,7 @@
 pub mod cli; // subcommand implementations behind `src/main.rs`
 pub mod config; // the daemon configuration tree: TOML + GLIMPSE_* overrides, validation
 pub mod daemon; // glimpse run: pipeline threads, MQTT publishing, stats, watchdog, shutdown
+pub mod fault; // test-only fault injection (GLIMPSE_FAULT; debug builds or feature fault-injection)
 pub mod fsutil; // crash-safe file replacement (temp, fsync, rename, fsync dir)
 pub mod learn; // the trainable head: dataset scan, embedding cache, training, metrics, head file
 pub mod mqtt; // topics, payloads, publish policy, the rumqttc link

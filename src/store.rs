@@ -10,6 +10,9 @@
 //! The schema is versioned with the `user_version` pragma and an ordered list of migrations:
 //! migration `i` brings the file from version `i` to `i + 1`, each in its own transaction.
 
+pub mod recovery; // quick_check at start, damaged files kept aside, rebuild from readable rows
+pub mod wal; // a WAL checksum walk: a torn tail is fine, damage before committed frames is not
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -48,7 +51,26 @@ const MIGRATIONS: &[&str] = &[
     // the head trained without the validation samples, which the next gate compares against.
     "ALTER TABLE heads ADD COLUMN file TEXT;
     ALTER TABLE heads ADD COLUMN gate_file TEXT;",
+    // 2 -> 3: bookkeeping that must survive a crash (src/store/bookkeeping.rs). `meta` holds
+    // `trained_through` (the newest sample row id the last training saw: what counts toward
+    // `retrain_after`, by row id because boards without an RTC boot in 1970) and
+    // `pending_retrain` (set in the same transaction as a `forget`'s delete, cleared once the
+    // retrain is done). `commands` remembers executed command ids, so a repeated one is acked
+    // `duplicate` instead of running twice. Existing stores start counting from the samples
+    // stored before the active head was made (the old wall-clock rule, applied one last time).
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value);
+    CREATE TABLE commands (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL
+    );
+    INSERT INTO meta (key, value)
+        SELECT 'trained_through', COALESCE(MAX(rowid), 0) FROM samples
+        WHERE created_at_ms <= (SELECT created_at_ms FROM heads WHERE active = 1);",
 ];
+
+mod bookkeeping; // trained-through row id, the pending retrain of a forget, executed command ids
+mod prune; // head versions beyond `learning.keep_heads`: rows and files removed
 
 /// The directory of head version files, beside the database.
 pub const HEADS_DIR: &str = "heads";
@@ -117,6 +139,8 @@ pub enum Inserted {
 /// One stored sample as the trainer sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredSample {
+    /// The SQLite row id: grows with every insert, whatever the wall clock says.
+    pub row: i64,
     pub id: String,
     pub label: String,
     pub content_hash: String,
@@ -163,7 +187,7 @@ fn embedding_to_blob(embedding: &[f32]) -> Vec<u8> {
 }
 
 fn blob_to_embedding(blob: &[u8]) -> Option<Vec<f32>> {
-    if blob.len() % 4 != 0 {
+    if !blob.len().is_multiple_of(4) {
         return None;
     }
     Some(
@@ -351,7 +375,7 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT id, label, content_hash, embedding FROM samples
+                "SELECT id, label, content_hash, embedding, rowid FROM samples
                  WHERE fingerprint = ?1 ORDER BY rowid",
             )
             .map_err(self.err("read samples"))?;
@@ -362,23 +386,57 @@ impl Store {
                     r.get::<_, String>(1)?,
                     r.get::<_, String>(2)?,
                     r.get::<_, Vec<u8>>(3)?,
+                    r.get::<_, i64>(4)?,
                 ))
             })
             .map_err(self.err("read samples"))?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, label, content_hash, blob) = row.map_err(self.err("read samples"))?;
+            let (id, label, content_hash, blob, row) = row.map_err(self.err("read samples"))?;
             let embedding = blob_to_embedding(&blob).ok_or_else(|| StoreError::BadEmbedding {
                 path: self.path.clone(),
                 id: id.clone(),
                 len: blob.len(),
             })?;
             out.push(StoredSample {
+                row,
                 id,
                 label,
                 content_hash,
                 embedding,
             });
+        }
+        Ok(out)
+    }
+
+    /// The embeddings of one label's samples made with `fingerprint`, oldest first.
+    pub fn embeddings_of(
+        &self,
+        label: &str,
+        fingerprint: &str,
+    ) -> Result<Vec<Vec<f32>>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, embedding FROM samples WHERE label = ?1 AND fingerprint = ?2
+                 ORDER BY rowid",
+            )
+            .map_err(self.err("read samples"))?;
+        let rows = stmt
+            .query_map([label, fingerprint], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })
+            .map_err(self.err("read samples"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, blob) = row.map_err(self.err("read samples"))?;
+            out.push(
+                blob_to_embedding(&blob).ok_or_else(|| StoreError::BadEmbedding {
+                    path: self.path.clone(),
+                    id,
+                    len: blob.len(),
+                })?,
+            );
         }
         Ok(out)
     }
@@ -465,19 +523,6 @@ impl Store {
         .map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(version)
-    }
-
-    /// Samples stored after `ms` (Unix milliseconds): what counts toward `retrain_after` since
-    /// the active head was made, so a restart does not reset the count.
-    pub fn samples_after(&self, ms: u64) -> Result<u64, StoreError> {
-        self.conn
-            .query_row(
-                "SELECT COUNT(*) FROM samples WHERE created_at_ms > ?1",
-                [ms as i64],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n as u64)
-            .map_err(self.err("count new samples"))
     }
 
     /// Makes `version` the active head (and no other).
@@ -751,20 +796,6 @@ mod tests {
         let v2 = store.insert_head(&head, true).unwrap();
         assert_eq!(store.head(v2).unwrap().unwrap().bytes, b"new");
         assert_eq!(store.active_version().unwrap(), Some(v2));
-    }
-
-    #[test]
-    fn samples_after_counts_what_came_since() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open_in(dir.path()).unwrap();
-        let e = vec![0.5f32; 4];
-        store.insert_sample(&sample("a", "x", "h1", &e)).unwrap();
-        let mark = now_ms() as u64;
-        std::thread::sleep(std::time::Duration::from_millis(5));
-        store.insert_sample(&sample("b", "x", "h2", &e)).unwrap();
-        store.insert_sample(&sample("c", "y", "h3", &e)).unwrap();
-        assert_eq!(store.samples_after(mark).unwrap(), 2);
-        assert_eq!(store.samples_after(0).unwrap(), 3);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! What is checked: predictions agree with `glimpse classify`, a broker outage is survived with
 //! flat memory, the availability protocol (`online`, `offline` last will, `stopped` on SIGTERM),
 //! exit code 2 with a one-line reason for every kind of bad configuration, environment
-//! overrides, Home Assistant discovery, the on_change publish policy, and unchanged-frame skipping.
+//! overrides, Home Assistant discovery, the on_change publish policy (and its state lines in the
+//! log), the one-time hint when no broker answers, and unchanged-frame skipping.
 //! No pass/fail depends on timing beyond generous bounds (the SIGTERM deadline is the contract).
 
 mod common;
@@ -671,11 +672,72 @@ fn on_change_policy_publishes_retained_state_only_on_change() {
         Some(imagenet_top1(&predictions[1]).as_str())
     );
     assert_ne!(states[0]["label"], states[1]["label"]);
+    // Each state change is also in the log, for `journalctl -f` without an MQTT client.
+    let log = daemon.log();
+    let logged: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split_once("policy: now ").map(|(_, rest)| rest))
+        .collect();
+    assert_eq!(logged.len(), 2, "two state lines expected:\n{log}");
+    for (line, state) in logged.iter().zip(&states) {
+        let label = state["label"].as_str().expect("state label");
+        assert!(
+            line.starts_with(&format!("{label:?} (")),
+            "log line {line:?} does not name state {label:?}"
+        );
+    }
 
     let late = Subscriber::connect(broker.port(), &["glimpse/policy/state"]);
     let retained = late.expect_any("glimpse/policy/state");
     assert!(retained.retain, "the state must be retained");
     assert_eq!(json(&retained)["label"], states[1]["label"]);
+}
+
+/// First contact without a broker: the daemon keeps running and says once, plainly, that
+/// predictions are not delivered and how to fix it, however many reconnect attempts follow.
+#[test]
+fn a_missing_broker_is_explained_once() {
+    let setup = Setup::new();
+    let url = format!("mqtt://127.0.0.1:{}", common::free_port());
+    let config = setup.config(&url, "lonely", &slow_replay(), "");
+    let mut daemon = Daemon::start(&setup, &config, &[]);
+    wait_until_log(&mut daemon, |log| log.contains("(attempt 4)"));
+    daemon.assert_running();
+    let log = daemon.log();
+    let hints: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("predictions are NOT delivered"))
+        .collect();
+    assert_eq!(hints.len(), 1, "the hint must be said exactly once:\n{log}");
+    for needed in [
+        url.as_str(),
+        "apt-get install mosquitto",
+        "GLIMPSE_MQTT__URL=",
+    ] {
+        assert!(
+            hints[0].contains(needed),
+            "hint lacks {needed:?}: {}",
+            hints[0]
+        );
+    }
+}
+
+/// Polls the daemon's log until `cond` holds (fails the test with the log after WAIT, or when
+/// the daemon exits).
+fn wait_until_log(daemon: &mut Daemon, cond: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let log = daemon.log();
+        if cond(&log) {
+            return;
+        }
+        daemon.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "log condition not met in {WAIT:?}:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]

@@ -79,6 +79,12 @@ impl Daemon {
         learning_extra: &str,
     ) -> Daemon {
         let config = dir.join(format!("glimpse-{}.toml", common::free_port()));
+        // Tests train on command unless they set their own automatic-retraining settings.
+        let manual = if learning_extra.contains("retrain_after") {
+            ""
+        } else {
+            "retrain_after = 0"
+        };
         let text = format!(
             r#"state_dir = "{state}"
 [model]
@@ -93,7 +99,7 @@ url = "{url}"
 device_id = "{DEVICE}"
 stats_interval_s = 60
 [learning]
-retrain_after = 0
+{manual}
 {learning_extra}
 [log]
 level = "info"
@@ -299,7 +305,11 @@ fn teach_and_predict_then_add_classes() {
     wait_online(&sub, &daemon);
     let (ok, out) = glimpse(&broker, &["send", teach.to_str().unwrap()]);
     assert!(ok, "glimpse send failed:\n{out}\n{}", daemon.log());
-    assert_eq!(out.matches("accepted").count(), 192, "{out}");
+    assert!(
+        out.contains("192 files in")
+            && out.contains(": 192 accepted, 0 duplicate, 0 rejected, 0 no ack"),
+        "{out}"
+    );
     // Sending the same files again: all duplicates, still success.
     let (ok, out) = glimpse(
         &broker,
@@ -310,7 +320,10 @@ fn teach_and_predict_then_add_classes() {
             teach.join("rock").to_str().unwrap(),
         ],
     );
-    assert!(ok && out.matches("duplicate").count() == 64, "{out}");
+    assert!(
+        ok && out.contains(": 0 accepted, 64 duplicate, 0 rejected"),
+        "{out}"
+    );
     let (ok, out) = glimpse(&broker, &["retrain"]);
     assert!(ok, "retrain: {out}\n{}", daemon.log());
     let report = json_of(&sub.expect_any(&topic("report")));
@@ -502,6 +515,16 @@ fn bad_input_is_rejected_with_a_reason_and_nothing_is_stored() {
     );
     let ack = next_ack(&sub, &topic("cmd/labels"), Vec::new());
     assert_eq!(ack["labels"], json!({}), "something was stored: {ack}");
+    // A command id runs once: the repeat is acked `duplicate` and not run again.
+    let labels = json!({"id": "L1"}).to_string();
+    let ack = next_ack(&sub, &topic("cmd/labels"), labels.clone());
+    assert_eq!(
+        (ack["status"].as_str(), ack["id"].as_str()),
+        (Some("accepted"), Some("L1"))
+    );
+    let ack = next_ack(&sub, &topic("cmd/labels"), labels);
+    assert_eq!(ack["status"], "duplicate", "{ack}");
+    assert!(ack.get("labels").is_none(), "ran again: {ack}");
 
     // Still predicting: a new prediction arrives after all of that.
     let last = sub.messages(&topic("prediction")).len();
@@ -544,6 +567,13 @@ fn bad_input_is_rejected_with_a_reason_and_nothing_is_stored() {
         }
     }
     assert!(index.contains("scene/000000.jpg\tscene\tfr"), "{index}");
+    // One export at a time, and a published one is not kept: nothing is left on the device.
+    assert!(
+        !Path::new(path).exists(),
+        "the first archive was not replaced"
+    );
+    let left: Vec<_> = std::fs::read_dir(state.join("exports")).unwrap().collect();
+    assert!(left.is_empty(), "exports left on the device: {left:?}");
     drop(daemon);
 }
 
@@ -765,6 +795,72 @@ fn a_corrupt_head_version_falls_back_to_the_previous_one() {
     assert!(
         !ok && out.contains("no usable head version older than v1"),
         "{out}"
+    );
+    daemon.stop();
+}
+
+/// Default learning settings, no command: a label the head does not know is served after a few
+/// samples (imprinted, then trained when the samples stop), and Home Assistant's `options` follow
+/// the head (discovery republished on every head change).
+#[test]
+fn a_new_label_is_served_without_a_command() {
+    let broker = Mosquitto::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let idle = idle_source(tmp.path());
+    let label_config = "homeassistant/sensor/cam1/label/config";
+    let sub = Subscriber::connect(
+        broker.port(),
+        &[&topic("availability"), &topic("report"), label_config],
+    );
+    let config_extra = "retrain_after = 10\n[mqtt.homeassistant]\nenabled = true";
+    let mut daemon = Daemon::start_with(tmp.path(), &broker, &state, &idle, true, config_extra);
+    wait_online(&sub, &daemon);
+    let options = |m: &Msg| -> Vec<String> {
+        json_of(m)["options"]
+            .as_array()
+            .map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default()
+    };
+    let teach = |class: &str, files: &[PathBuf]| {
+        let dir = tmp.path().join(format!("teach-{class}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in files {
+            std::fs::copy(f, dir.join(f.file_name().unwrap())).unwrap();
+        }
+        let (ok, out) = glimpse(&broker, &["send", "--label", class, dir.to_str().unwrap()]);
+        assert!(ok, "{out}\n{}", daemon.log());
+    };
+    teach("paper", &class_files("rps", "paper")[..12]);
+    teach("rock", &class_files("rps", "rock")[..12]);
+    let first = sub
+        .wait_for(common::WAIT * 3, |m| {
+            m.topic == topic("report") && json_of(m)["version"] == 1
+        })
+        .unwrap_or_else(|| panic!("no automatic training:\n{}", daemon.log()));
+    assert_eq!(json_of(&first)["trigger"], "auto");
+    sub.wait_for(common::WAIT, |m| {
+        m.topic == label_config && options(m) == ["paper", "rock"]
+    })
+    .unwrap_or_else(|| panic!("discovery not republished for v1:\n{}", daemon.log()));
+
+    teach("scissors", &class_files("rps", "scissors")[..10]);
+    sub.wait_for(common::WAIT * 3, |m| {
+        m.topic == label_config && options(m).contains(&"scissors".to_string())
+    })
+    .unwrap_or_else(|| panic!("scissors never served:\n{}", daemon.log()));
+    let report = sub
+        .wait_for(common::WAIT * 3, |m| {
+            m.topic == topic("report") && json_of(m)["classes"].as_array().map(Vec::len) == Some(3)
+        })
+        .unwrap_or_else(|| panic!("no training with scissors:\n{}", daemon.log()));
+    let report = json_of(&report);
+    assert_eq!(report["trigger"], "auto", "{report}");
+    assert_eq!(report["accepted"], true, "{report}");
+    assert!(
+        daemon.log().contains("imprinted \"scissors\""),
+        "{}",
+        daemon.log()
     );
     daemon.stop();
 }

@@ -339,3 +339,133 @@ fn large_payloads_pass_both_ways_and_oversize_is_refused() {
     assert_eq!(link.counters().reconnects, 0);
     rt.block_on(link.shutdown());
 }
+
+/// Waits for the next message the link hands over (panics after `WAIT`).
+fn next(rt: &Runtime, rx: &mut mpsc::Receiver<Received>) -> Received {
+    recv(rt, rx, WAIT).expect("nothing delivered within WAIT")
+}
+
+#[test]
+fn oversized_incoming_is_skipped_acked_and_reported_without_a_reconnect() {
+    let broker = Mosquitto::start();
+    let limit = 1024 * 1024;
+    let big: Vec<u8> = (0..3 * limit as u32).map(|i| (i % 251) as u8).collect();
+    // Retained before the link subscribes: the broker sends it again on every subscription
+    // (stock rumqttc: an endless reconnect loop even at QoS 0).
+    let early = Subscriber::connect(broker.port(), &["glimpse/cam1/availability"]);
+    early.publish_qos(
+        "glimpse/cam1/sample/kept",
+        big.clone(),
+        rumqttc::QoS::AtMostOnce,
+        true,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+
+    let rt = runtime();
+    let _enter = rt.enter();
+    let config = MqttConfig {
+        max_packet_bytes: limit,
+        ..config(&broker, "cam1")
+    };
+    let (link, mut rx) = MqttLink::start(&config).unwrap();
+    let got = next(&rt, &mut rx);
+    assert_eq!(got.topic, "glimpse/cam1/sample/kept");
+    assert!(
+        got.retained,
+        "the broker's stored copy carries the retain flag"
+    );
+    assert!(got.too_large.unwrap() > 3 * limit, "{:?}", got.too_large);
+    assert!(
+        got.payload.is_empty(),
+        "the payload is skipped, not buffered"
+    );
+
+    // Live ones, QoS 1 (redelivered forever if not acked) and QoS 0, then a normal message:
+    // all arrive, in order, on the same connection.
+    early.publish("glimpse/cam1/sample/daisy", big.clone(), false);
+    early.publish_qos(
+        "glimpse/cam1/cmd/forget",
+        big.clone(),
+        rumqttc::QoS::AtMostOnce,
+        false,
+    );
+    early.publish("glimpse/cam1/sample/daisy", b"small".to_vec(), false);
+    let first = next(&rt, &mut rx);
+    assert_eq!(
+        (first.incoming, first.retained, first.too_large.is_some()),
+        (
+            Incoming::SampleImage {
+                label: "daisy".into()
+            },
+            false,
+            true
+        )
+    );
+    let second = next(&rt, &mut rx);
+    assert_eq!(
+        second.incoming,
+        Incoming::Command {
+            name: "forget".into()
+        }
+    );
+    assert!(second.too_large.is_some());
+    let third = next(&rt, &mut rx);
+    assert_eq!(
+        (third.payload.as_slice(), third.too_large),
+        (&b"small"[..], None)
+    );
+
+    let counters = link.counters();
+    assert!(counters.connected, "{counters:?}");
+    assert_eq!(
+        (
+            counters.reconnects,
+            counters.connection_errors,
+            counters.too_large_incoming
+        ),
+        (0, 0, 3),
+        "{counters:?}"
+    );
+    // The QoS 1 one was acked to the broker: nothing comes back after a while.
+    assert!(recv(&rt, &mut rx, Duration::from_secs(2)).is_none());
+    rt.block_on(link.shutdown());
+}
+
+#[test]
+fn a_full_daemon_channel_holds_messages_back_instead_of_dropping_them() {
+    let broker = Mosquitto::start();
+    let rt = runtime();
+    let _enter = rt.enter();
+    let (link, mut rx) = MqttLink::start(&config(&broker, "cam1")).unwrap();
+    let sub = Subscriber::connect(broker.port(), &["glimpse/cam1/availability"]);
+    sub.expect("glimpse/cam1/availability", b"online");
+    // Subscribed once a probe comes through.
+    let mut probe = None;
+    for _ in 0..20 {
+        sub.publish("glimpse/cam1/cmd/labels", b"{}".to_vec(), false);
+        probe = recv(&rt, &mut rx, Duration::from_millis(500));
+        if probe.is_some() {
+            break;
+        }
+    }
+    probe.expect("link never subscribed");
+    while recv(&rt, &mut rx, Duration::from_millis(300)).is_some() {}
+
+    // Nobody reads for a while: 50 QoS 1 samples, far more than the channel holds.
+    let sent = 50;
+    for i in 0..sent {
+        sub.publish(
+            "glimpse/cam1/sample/daisy",
+            format!("s{i}").into_bytes(),
+            false,
+        );
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let got: Vec<String> = (0..sent)
+        .map(|_| String::from_utf8(next(&rt, &mut rx).payload).unwrap())
+        .collect();
+    let expected: Vec<String> = (0..sent).map(|i| format!("s{i}")).collect();
+    assert_eq!(got, expected, "every message, in order");
+    assert_eq!(link.counters().dropped_incoming, 0);
+    rt.block_on(link.shutdown());
+}

@@ -212,12 +212,13 @@ fn unit_keeps_its_hardening_directives() {
 
 #[test]
 fn exposure_score_stays_low() {
-    // 1.5 measured with systemd 252; the remaining exposure is the network (MQTT), the camera
-    // devices, group video and /proc/cpuinfo (tract's aarch64 kernel choice). docs/deploy.md.
+    // 1.6 measured with systemd 252; the remaining exposure is the network (MQTT), the camera
+    // devices, group video, /proc/cpuinfo (tract's aarch64 kernel choice) and setpriority (0.1:
+    // the learner's nice 19, the one call of @resources allowed). docs/deploy.md.
     let score = ScratchUnit::new(false).exposure();
     assert!(
-        score <= 1.5,
-        "exposure {score} > 1.5: which directive was lost?"
+        score <= 1.6,
+        "exposure {score} > 1.6: which directive was lost?"
     );
     let argus = ScratchUnit::new(true).exposure();
     assert!(

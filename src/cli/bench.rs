@@ -3,10 +3,14 @@
 //! RSS, for each requested thread count, plus the time to train a head on 3,000 x 1280
 //! embeddings. Quote medians; compare ratios within one run (shared machines are noisy).
 //! `--pipeline` measures the daemon's whole frame pipeline instead (see `pipeline.rs`), and
-//! `--learning` what teaching costs: ingest, retraining, frames during training (`learning.rs`).
+//! `--learning` what teaching costs: ingest, retraining, frames during training (`learning.rs`),
+//! and `--flood` the daemon's MQTT edge under a flood of max-size samples (`flood.rs`).
 
+mod flood;
 mod learning;
 mod pipeline;
+mod real;
+mod retrain;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -37,8 +41,8 @@ pub struct BenchArgs {
     /// Image to use (default: a synthetic 640x480 JPEG).
     #[arg(long)]
     pub image: Option<PathBuf>,
-    /// Embeddings to train the benchmark head on (synthetic, 10 overlapping classes); with
-    /// --learning, the samples stored before retraining.
+    /// Embeddings to train the benchmark head on (synthetic, 10 overlapping classes: they
+    /// converge ~10x faster than real ones; --learning measures training on real photos).
     #[arg(long, default_value_t = 3000)]
     pub train_samples: usize,
     /// Machine-readable output.
@@ -60,9 +64,33 @@ pub struct BenchArgs {
     /// --pipeline / --learning: backbone threads.
     #[arg(long, default_value_t = 2)]
     pub pipeline_threads: usize,
+    /// --learning: class-per-folder photo sets whose real embeddings the retrains train on
+    /// (repeatable; default ../shared/datasets/rps_full and ../shared/datasets/sign_digits_full).
+    #[arg(long = "dataset")]
+    pub datasets: Vec<PathBuf>,
+    /// --learning: embedding cache folder (default: ~/.cache/glimpse/embeddings).
+    #[arg(long, env = "GLIMPSE_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// --learning: timed runs of each retrain scenario.
+    #[arg(long, default_value_t = 5)]
+    pub retrain_runs: usize,
     /// --pipeline: synthetic JPEGs in the replayed folder.
     #[arg(long, default_value_t = 8)]
     pub pipeline_images: usize,
+    /// Flood a real `glimpse run` over MQTT with max-size QoS 1 samples from --flood-clients
+    /// clients for --seconds (plus one oversized message per client per second) and report
+    /// acks/s, unacked samples and the daemon's peak RSS against its stated ceiling.
+    #[arg(long, conflicts_with_all = ["pipeline", "learning"])]
+    pub flood: bool,
+    /// --flood: publishing clients.
+    #[arg(long, default_value_t = 4)]
+    pub flood_clients: usize,
+    /// --flood: the daemon's mqtt.max_packet_bytes (samples are just under it).
+    #[arg(long, default_value_t = 8 * 1024 * 1024)]
+    pub flood_max_packet_bytes: usize,
+    /// --flood: an existing broker (default: Mosquitto started on a free loopback port).
+    #[arg(long)]
+    pub flood_url: Option<String>,
 }
 
 /// Median and 95th percentile of one stage, in milliseconds.
@@ -184,6 +212,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     if args.learning {
         return learning::run(args);
+    }
+    if args.flood {
+        return flood::run(args);
     }
     let backbone = args.model.load_backbone()?;
     let (bytes, image_name) = match &args.image {

@@ -152,7 +152,7 @@ pub fn run(args: &CaptureArgs) -> anyhow::Result<()> {
                 json!({"index": index, "label": labels.name(index).unwrap_or("?"), "score": score})
             })
             .collect();
-        let latency = frame.captured_at.elapsed().unwrap_or_default();
+        let latency = frame.received.elapsed();
         println!(
             "{}",
             json!({

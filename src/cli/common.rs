@@ -1,5 +1,6 @@
 //! Arguments and helpers shared by the subcommands: which model manifest, how many threads, how an
-//! image is fitted into the model input, and the error type that maps to exit code 2.
+//! image is fitted into the model input, the broker URL of the operator tools, and the error type
+//! that maps to exit code 2.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,6 +14,43 @@ use crate::vision::spec::ResizeMode;
 
 /// The manifest used when none is given: the float32 MobileNetV2 next to this repository.
 pub const DEFAULT_MANIFEST: &str = "models/mobilenet_v2_1.0_224.toml";
+
+/// The broker URL variable shared by the daemon (`mqtt.url`) and the operator tools.
+pub const BROKER_URL_ENV: &str = "GLIMPSE_MQTT__URL";
+/// The operator tools' former name for it, still read (with a warning) when the new one is unset.
+pub const DEPRECATED_BROKER_URL_ENV: &str = "GLIMPSE_MQTT_URL";
+/// The broker URL when neither `--url` nor a variable gives one.
+pub const DEFAULT_BROKER_URL: &str = "mqtt://localhost:1883";
+
+/// The operator tools' broker URL: `--url` (clap also fills it from [`BROKER_URL_ENV`]), else
+/// the deprecated [`DEPRECATED_BROKER_URL_ENV`] with a warning to print, else the default.
+/// Pure: the caller reads the deprecated variable and prints the warning.
+pub fn resolve_broker_url(
+    flag_or_env: Option<&str>,
+    deprecated: Option<&str>,
+) -> (String, Option<String>) {
+    match (flag_or_env, deprecated.filter(|v| !v.is_empty())) {
+        (Some(url), _) => (url.to_string(), None),
+        (None, Some(old)) => (
+            old.to_string(),
+            Some(format!(
+                "{DEPRECATED_BROKER_URL_ENV} is deprecated: set {BROKER_URL_ENV} (the daemon's \
+                 name for the same setting)"
+            )),
+        ),
+        (None, None) => (DEFAULT_BROKER_URL.to_string(), None),
+    }
+}
+
+/// [`resolve_broker_url`] with the process environment, printing the deprecation warning.
+pub fn broker_url(flag_or_env: Option<&str>) -> String {
+    let old = std::env::var(DEPRECATED_BROKER_URL_ENV).ok();
+    let (url, warning) = resolve_broker_url(flag_or_env, old.as_deref());
+    if let Some(warning) = warning {
+        eprintln!("glimpse: warning: {warning}");
+    }
+    url
+}
 
 /// An error in what the user asked for (bad configuration, missing model): exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -63,5 +101,35 @@ impl ModelArgs {
             .map_err(|e| ConfigError(e.to_string()))
             .with_context(|| format!("loading model {}", self.model.display()))?;
         Ok(Arc::new(backbone))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_url_prefers_the_flag_then_the_new_variable_then_the_old_one() {
+        // clap puts --url, else GLIMPSE_MQTT__URL, into the first argument.
+        assert_eq!(
+            resolve_broker_url(Some("mqtt://a:1"), Some("mqtt://old:2")),
+            ("mqtt://a:1".to_string(), None)
+        );
+        let (url, warning) = resolve_broker_url(None, Some("mqtt://old:2"));
+        assert_eq!(url, "mqtt://old:2");
+        let warning = warning.expect("a deprecation warning");
+        assert!(
+            warning.contains("GLIMPSE_MQTT_URL is deprecated")
+                && warning.contains("GLIMPSE_MQTT__URL"),
+            "{warning}"
+        );
+        assert_eq!(
+            resolve_broker_url(None, None),
+            (DEFAULT_BROKER_URL.to_string(), None)
+        );
+        assert_eq!(
+            resolve_broker_url(None, Some("")),
+            (DEFAULT_BROKER_URL.to_string(), None)
+        );
     }
 }

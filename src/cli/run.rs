@@ -49,17 +49,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
 /// the one-line error.
 pub fn check(args: &RunArgs) -> anyhow::Result<()> {
     let config = load_config(args)?;
-    let manifest = crate::vision::manifest::ModelManifest::load(&config.model.manifest)
-        .map_err(|e| ConfigError(format!("model.manifest: {e}")))?;
-    if !manifest.model_path().exists() {
-        return Err(ConfigError(format!(
-            "model.manifest {}: model file {} does not exist (glimpse fetch-model {} downloads it)",
-            config.model.manifest.display(),
-            manifest.model_path().display(),
-            config.model.manifest.display()
-        ))
-        .into());
-    }
+    // The very checks `run` makes before it starts (model, threads, credentials, state_dir).
+    daemon::preflight::preflight(&config).map_err(|e| match e {
+        DaemonError::Config(message) => anyhow::Error::from(ConfigError(message)),
+        other => other.into(),
+    })?;
     println!("{}", toml::to_string_pretty(&config)?);
     eprintln!("configuration ok");
     Ok(())

@@ -1,12 +1,17 @@
-//! Operator tools for teaching a device over MQTT: `glimpse send` (images -> samples, waiting for
-//! each ack), `glimpse samples` (labels and counts), `glimpse retrain` and `glimpse rollback`.
+//! Operator tools for teaching a device over MQTT: `glimpse send` (images -> samples, several in
+//! flight, a progress bar and a final tally), `glimpse samples` (labels and counts), `glimpse
+//! retrain` and `glimpse rollback`.
 //!
 //! Every request is matched with its ack by id: a raw image's id is the sha256 of its bytes (what
 //! the device computes too), a command's id is made here. Nothing is fire-and-forget: a missing
-//! ack is reported as `timeout`, and any sample not `accepted`/`duplicate` makes the exit code 1.
+//! ack is reported as `no ack`, and any sample not `accepted`/`duplicate` makes the exit code 1.
 //! A sample refused because the device was busy, or whose ack did not come, is sent again (up to
 //! `--retries` times): samples are idempotent, so a retry of one that was stored after all is
-//! answered `duplicate`.
+//! answered `duplicate`. Every tool first reads the device's retained availability and stops at
+//! once, with exit code 1, when it is not `online` (nothing would answer).
+
+mod batch;
+mod tally;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
@@ -17,21 +22,24 @@ use clap::Args;
 use rumqttc::{Client, Event, Packet, QoS, SubscribeFilter};
 use serde_json::{json, Value};
 
-use crate::learn::cache::content_hash;
 use crate::learn::ingest::validate_label;
+use crate::mqtt::messages::availability::Availability;
 use crate::mqtt::messages::learning::{Ack, AckStatus};
 use crate::mqtt::topics::{validate_level, validate_prefix, Outgoing, Topics};
+
+pub use tally::{Outcome, Tally};
+
+/// How long to wait, after subscribing, for the broker to hand over the device's retained
+/// availability. Retained messages follow the SUBACK at once; this only covers a slow link.
+const AVAILABILITY_GRACE: Duration = Duration::from_secs(3);
 
 /// Which device, on which broker.
 #[derive(Debug, Clone, Args)]
 pub struct DeviceArgs {
-    /// Broker URL: mqtt://host[:port] or mqtts://host[:port] (system CA bundle).
-    #[arg(
-        long,
-        default_value = "mqtt://localhost:1883",
-        env = "GLIMPSE_MQTT_URL"
-    )]
-    pub url: String,
+    /// Broker URL: mqtt://host[:port] or mqtts://host[:port] (system CA bundle); default
+    /// mqtt://localhost:1883 (GLIMPSE_MQTT_URL, deprecated, is still read).
+    #[arg(long, env = "GLIMPSE_MQTT__URL")]
+    pub url: Option<String>,
     /// Topic prefix the device uses.
     #[arg(long, default_value = "glimpse")]
     pub prefix: String,
@@ -63,6 +71,81 @@ pub struct SendArgs {
     /// ack does not come within --timeout-s.
     #[arg(long, default_value_t = 3)]
     pub retries: u32,
+    /// Samples sent before their acks came back (bounded, so the device's queue never fills).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub in_flight: u32,
+    /// No progress bar and no line per failed file: only the final tally.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Print the tally (counts, rejection reasons, failed files) as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// The device's limit for one image, used when the device does not report its own
+    /// `learning.max_sample_bytes` (in its `labels` ack): larger files are refused here, before
+    /// publishing.
+    #[arg(long, default_value_t = 4 << 20)]
+    pub max_bytes: usize,
+}
+
+/// Why an operator tool stops before sending anything: the device cannot answer.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DeviceUnavailable {
+    #[error(
+        "device {device} is {state} (retained availability on {topic}); nothing was sent. \
+         Start the device or check its network"
+    )]
+    NotOnline {
+        device: String,
+        state: String,
+        topic: String,
+    },
+    #[error(
+        "device {device} has never announced itself on this broker (no retained message on \
+         {topic}); nothing was sent. Check --device, --prefix and --url"
+    )]
+    Unknown { device: String, topic: String },
+}
+
+/// Decides from the retained availability payload (if any) whether the device can answer. Pure.
+pub fn check_availability(
+    device: &str,
+    topic: &str,
+    payload: Option<&[u8]>,
+) -> Result<(), DeviceUnavailable> {
+    match payload {
+        None => Err(DeviceUnavailable::Unknown {
+            device: device.to_string(),
+            topic: topic.to_string(),
+        }),
+        Some(p) if Availability::parse(p) == Some(Availability::Online) => Ok(()),
+        Some(p) => Err(DeviceUnavailable::NotOnline {
+            device: device.to_string(),
+            state: String::from_utf8_lossy(p).chars().take(40).collect(),
+            topic: topic.to_string(),
+        }),
+    }
+}
+
+/// Why a file is not sent at all: over the device's size limit (it would be refused unread).
+fn too_large_for_device(len: usize, max_bytes: usize) -> Option<String> {
+    (len > max_bytes).then(|| {
+        format!(
+            "the file is {len} bytes, over the device's limit of {max_bytes} bytes \
+             (learning.max_sample_bytes; --max-bytes if the device allows more); not sent"
+        )
+    })
+}
+
+/// The device's answer to an image it refused unread (over `mqtt.max_packet_bytes`): it carries
+/// the label but no id, since the id is the hash of the bytes it did not read.
+fn is_too_large_for(ack: &Ack, label: &str) -> bool {
+    ack.id.is_none()
+        && ack.command.is_none()
+        && ack.label.as_deref() == Some(label)
+        && ack
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("too large"))
 }
 
 /// A busy refusal: the learner's queue was full, nothing was stored, sending again is right.
@@ -107,8 +190,9 @@ impl Session {
         validate_prefix(&args.prefix).context("--prefix")?;
         validate_level("device id", &args.device).context("--device")?;
         let topics = Topics::new(&args.prefix, &args.device)?;
+        let url = super::common::broker_url(args.url.as_deref());
         let options = super::watch::operator_options(
-            &args.url,
+            &url,
             "send",
             args.username.as_deref(),
             args.password_env.as_deref(),
@@ -118,9 +202,14 @@ impl Session {
         let (ack_tx, acks) = channel();
         let (export_tx, export_rx) = channel();
         let (ready_tx, ready) = channel();
+        let (availability_tx, availability) = channel();
         let ack_topic = topics.ack();
         let export_topic = topics.outgoing(Outgoing::Export);
-        let mut filters = vec![SubscribeFilter::new(ack_topic.clone(), QoS::AtLeastOnce)];
+        let availability_topic = topics.outgoing(Outgoing::Availability);
+        let mut filters = vec![
+            SubscribeFilter::new(ack_topic.clone(), QoS::AtLeastOnce),
+            SubscribeFilter::new(availability_topic.clone(), QoS::AtLeastOnce),
+        ];
         if exports {
             filters.push(SubscribeFilter::new(export_topic.clone(), QoS::AtLeastOnce));
         }
@@ -134,6 +223,11 @@ impl Session {
                         }
                         Ok(Event::Incoming(Packet::SubAck(_))) => {
                             let _ = ready_tx.send(Ok(()));
+                        }
+                        Ok(Event::Incoming(Packet::Publish(p)))
+                            if p.topic == availability_topic =>
+                        {
+                            let _ = availability_tx.send(p.payload.to_vec());
                         }
                         Ok(Event::Incoming(Packet::Publish(p))) if p.topic == export_topic => {
                             let _ = export_tx.send(p.payload.to_vec());
@@ -160,12 +254,18 @@ impl Session {
             let left = deadline.saturating_duration_since(Instant::now());
             match ready.recv_timeout(left) {
                 Ok(Ok(())) => break,
-                Ok(Err(err)) => log::warn!("broker {}: {err}", args.url),
-                Err(_) => bail!(
-                    "cannot reach the broker at {} (subscribe not acknowledged)",
-                    args.url
-                ),
+                Ok(Err(err)) => log::warn!("broker {url}: {err}"),
+                Err(_) => bail!("cannot reach the broker at {url} (subscribe not acknowledged)"),
             }
+        }
+        let retained = availability.recv_timeout(AVAILABILITY_GRACE).ok();
+        if let Err(unavailable) = check_availability(
+            &args.device,
+            &topics.outgoing(Outgoing::Availability),
+            retained.as_deref(),
+        ) {
+            let _ = client.disconnect();
+            return Err(unavailable.into());
         }
         Ok(Session {
             client,
@@ -174,6 +274,11 @@ impl Session {
             exports: export_rx,
             timeout: Duration::from_secs(args.timeout_s.max(1)),
         })
+    }
+
+    /// The next ack to arrive within `timeout`; `None` on timeout (or a lost connection thread).
+    fn next_ack(&self, timeout: Duration) -> Option<Ack> {
+        self.acks.recv_timeout(timeout).ok()
     }
 
     /// Waits for the first ack matching `pred`.
@@ -293,75 +398,26 @@ pub fn send(args: &SendArgs) -> anyhow::Result<bool> {
         bail!("no images found in the given paths");
     }
     let session = Session::connect(&args.device)?;
-    let mut all_ok = true;
-    println!(
-        "{:<8} {:<12} {:>5}  file (reason)",
-        "status", "label", "count"
-    );
-    for (file, label) in &files {
-        let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-        let id = content_hash(&bytes);
-        let mut attempt = 0;
-        let ack = loop {
-            session
-                .client
-                .publish(
-                    session.topics.sample_image(label),
-                    QoS::AtLeastOnce,
-                    false,
-                    bytes.clone(),
-                )
-                .context("queueing a sample")?;
-            let ack = session.wait(|a| {
-                a.id.as_deref() == Some(id.as_str())
-                    && a.command.is_none()
-                    && a.label.as_deref().map_or(true, |l| l == label)
-            });
-            let again = ack.as_ref().map_or(true, is_busy);
-            if !again || attempt >= args.retries {
-                break ack;
-            }
-            attempt += 1;
-            let pause = Duration::from_secs(1 << (attempt - 1).min(5));
-            eprintln!(
-                "{}: {}; sending again in {pause:?} ({attempt}/{})",
-                file.display(),
-                if ack.is_some() {
-                    "device busy"
-                } else {
-                    "no ack"
-                },
-                args.retries
-            );
-            std::thread::sleep(pause);
-        };
-        let (status, count, reason) = match &ack {
-            Some(a) => (
-                match a.status {
-                    Some(AckStatus::Accepted) => "accepted",
-                    Some(AckStatus::Duplicate) => "duplicate",
-                    _ => "rejected",
-                },
-                a.count.map(|c| c.to_string()).unwrap_or_default(),
-                a.reason.clone().unwrap_or_default(),
-            ),
-            None => ("timeout", String::new(), "no ack".to_string()),
-        };
-        if !matches!(status, "accepted" | "duplicate") {
-            all_ok = false;
+    // The device's sample size limit (in the `labels` ack), so oversized files are refused here,
+    // before a byte is published.
+    let limit = match session.command("labels", json!({})) {
+        Ok(ack) => ack.max_sample_bytes.map(|b| b as usize),
+        Err(err) => {
+            log::warn!("{err:#}: using --max-bytes as the device's size limit");
+            None
         }
-        let reason = if reason.is_empty() {
-            String::new()
-        } else {
-            format!(" ({reason})")
-        };
-        println!(
-            "{status:<8} {label:<12} {count:>5}  {}{reason}",
-            file.display()
-        );
     }
+    .unwrap_or(args.max_bytes);
+    let started = Instant::now();
+    let tally = batch::send_all(&session, &files, args, limit)?;
     session.close();
-    Ok(all_ok)
+    let elapsed = started.elapsed();
+    if args.json {
+        println!("{}", tally.to_json(elapsed));
+    } else {
+        println!("{}", tally.summary(elapsed));
+    }
+    Ok(tally.all_stored())
 }
 
 fn print_ack(ack: &Ack) -> bool {
@@ -416,6 +472,41 @@ pub fn rollback(args: &DeviceArgs) -> anyhow::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_online_device_is_talked_to() {
+        let topic = "glimpse/cam1/availability";
+        assert_eq!(check_availability("cam1", topic, Some(b"online")), Ok(()));
+        let offline = check_availability("cam1", topic, Some(b"offline")).unwrap_err();
+        assert_eq!(
+            offline.to_string(),
+            "device cam1 is offline (retained availability on glimpse/cam1/availability); \
+             nothing was sent. Start the device or check its network"
+        );
+        assert!(check_availability("cam1", topic, Some(b"stopped"))
+            .unwrap_err()
+            .to_string()
+            .contains("is stopped"));
+        let unknown = check_availability("cam1", topic, None).unwrap_err();
+        assert!(
+            unknown.to_string().contains("never announced itself"),
+            "{unknown}"
+        );
+    }
+
+    #[test]
+    fn files_over_the_device_limit_are_refused_with_the_limit() {
+        assert_eq!(too_large_for_device(4 << 20, 4 << 20), None);
+        let reason = too_large_for_device((4 << 20) + 1, 4 << 20).unwrap();
+        assert!(
+            reason.contains("4194305") && reason.contains("4194304"),
+            "{reason}"
+        );
+        let too_large = Ack::sample(None, Some("cat".into()), AckStatus::Rejected)
+            .with_reason("too large: the message was 9000000 bytes");
+        assert!(is_too_large_for(&too_large, "cat"));
+        assert!(!is_too_large_for(&too_large, "dog"));
+    }
 
     #[test]
     fn only_busy_refusals_are_retried() {

@@ -59,6 +59,8 @@ pub struct TrainArgs {
 pub struct EmbeddedDataset {
     pub features: Vec<f32>,
     pub labels: Vec<usize>,
+    /// Content hash (sha256 of the file's bytes) of each embedded row: a sample's id.
+    pub hashes: Vec<String>,
     pub dim: usize,
     pub from_cache: usize,
     /// Files that could not be read or decoded, with the reason.
@@ -76,6 +78,7 @@ pub fn embed_dataset(
     let mut out = EmbeddedDataset {
         features: Vec::with_capacity(dataset.items.len() * dim),
         labels: Vec::with_capacity(dataset.items.len()),
+        hashes: Vec::with_capacity(dataset.items.len()),
         dim,
         from_cache: 0,
         failed: Vec::new(),
@@ -93,6 +96,7 @@ pub fn embed_dataset(
         if let Some(hit) = cache.and_then(|c| c.get(&key)) {
             out.features.extend_from_slice(&hit);
             out.labels.push(item.label);
+            out.hashes.push(key);
             out.from_cache += 1;
             continue;
         }
@@ -105,6 +109,7 @@ pub fn embed_dataset(
                 }
                 out.features.extend_from_slice(&output.embedding);
                 out.labels.push(item.label);
+                out.hashes.push(key);
             }
             Err(err) => out.failed.push((item.path.clone(), err.to_string())),
         }

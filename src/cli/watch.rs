@@ -30,18 +30,12 @@ const WATCHED: [Outgoing; 6] = [
     Outgoing::Report,
 ];
 
-/// Longest summary of a free-form payload (ack, report) in human output.
-const SUMMARY_CHARS: usize = 120;
-
 #[derive(Debug, Clone, Args)]
 pub struct WatchArgs {
-    /// Broker URL: mqtt://host[:port] or mqtts://host[:port] (system CA bundle).
-    #[arg(
-        long,
-        default_value = "mqtt://localhost:1883",
-        env = "GLIMPSE_MQTT_URL"
-    )]
-    pub url: String,
+    /// Broker URL: mqtt://host[:port] or mqtts://host[:port] (system CA bundle); default
+    /// mqtt://localhost:1883 (GLIMPSE_MQTT_URL, deprecated, is still read).
+    #[arg(long, env = "GLIMPSE_MQTT__URL")]
+    pub url: Option<String>,
     /// Topic prefix the devices publish under.
     #[arg(long, default_value = "glimpse")]
     pub prefix: String,
@@ -103,13 +97,100 @@ pub fn format_message(
             num_field(v, "frames_dropped"),
             num_field(v, "broker_reconnects"),
         ),
-        (Outgoing::Ack | Outgoing::Report, Some(v)) => truncate(&v.to_string(), SUMMARY_CHARS),
+        (Outgoing::Ack, Some(v)) => ack_summary(v),
+        (Outgoing::Report, Some(v)) => report_summary(v),
     };
     Some(format!(
         "{} {device} {} {summary}",
         clock_utc(received_at_ms),
         kind.suffix()
     ))
+}
+
+/// `sample rock accepted (count 12) id 3fa4c2d1` or `retrain accepted head v3` or
+/// `sample rock rejected: reason`.
+fn ack_summary(v: &Value) -> String {
+    let status = v.get("status").and_then(Value::as_str).unwrap_or("?");
+    let mut text = match v.get("command").and_then(Value::as_str) {
+        Some(command) => format!("{command} {status}"),
+        None => format!(
+            "sample {} {status}",
+            v.get("label").and_then(Value::as_str).unwrap_or("?")
+        ),
+    };
+    if let Some(count) = v.get("count").and_then(Value::as_u64) {
+        text.push_str(&format!(" (count {count})"));
+    }
+    if let Some(version) = v.get("head_version").and_then(Value::as_u64) {
+        text.push_str(&format!(" head v{version}"));
+    }
+    if let Some(labels) = v.get("labels").and_then(Value::as_object) {
+        let list: Vec<String> = labels.iter().map(|(l, n)| format!("{l}={n}")).collect();
+        text.push_str(&format!(" labels {}", list.join(" ")));
+    }
+    if let Some(deleted) = v.get("deleted").and_then(Value::as_u64) {
+        text.push_str(&format!(" deleted {deleted}"));
+    }
+    if let Some(bytes) = v.get("bytes").and_then(Value::as_u64) {
+        text.push_str(&format!(" {bytes} bytes"));
+    }
+    if let Some(id) = v.get("id").and_then(Value::as_str) {
+        text.push_str(&format!(" id {}", truncate(id, 12)));
+    }
+    if let Some(reason) = v.get("reason").and_then(Value::as_str) {
+        text.push_str(&format!(": {}", reason));
+    }
+    text
+}
+
+/// `v4 accepted (command): accuracy 0.953 (active 0.941) on 212 held out; 13 classes, 4250
+/// samples; 830 ms; gate: reason`.
+fn report_summary(v: &Value) -> String {
+    let accepted = v.get("accepted").and_then(Value::as_bool);
+    let version = match (
+        v.get("version").and_then(Value::as_u64),
+        v.get("active_version").and_then(Value::as_u64),
+    ) {
+        (Some(new), _) => format!("v{new}"),
+        (None, Some(active)) => format!("kept v{active}"),
+        (None, None) => "no head".to_string(),
+    };
+    let verdict = match accepted {
+        Some(true) if v.get("forced").and_then(Value::as_bool) == Some(true) => "accepted (forced)",
+        Some(true) => "accepted",
+        Some(false) => "rejected by the gate",
+        None => "?",
+    };
+    let gate = v.get("gate").unwrap_or(&Value::Null);
+    let accuracy = |x: Option<&Value>| x.and_then(Value::as_f64).map(|a| format!("{a:.3}"));
+    let mut text = format!(
+        "{version} {verdict} ({})",
+        v.get("trigger").and_then(Value::as_str).unwrap_or("?")
+    );
+    if let Some(new) = accuracy(gate.get("new_accuracy")).or(accuracy(v.get("accuracy"))) {
+        text.push_str(&format!(": accuracy {new}"));
+        if let Some(old) = accuracy(gate.get("old_accuracy")) {
+            text.push_str(&format!(" (active {old})"));
+        }
+        if let Some(n) = gate.get("compared").and_then(Value::as_u64) {
+            text.push_str(&format!(" on {n} held out"));
+        }
+    }
+    let classes = v.get("classes").and_then(Value::as_array).map(Vec::len);
+    let samples: Option<u64> = v
+        .get("samples_per_class")
+        .and_then(Value::as_object)
+        .map(|m| m.values().filter_map(Value::as_u64).sum());
+    if let (Some(c), Some(n)) = (classes, samples) {
+        text.push_str(&format!("; {c} classes, {n} samples"));
+    }
+    if let Some(ms) = v.get("duration_ms").and_then(Value::as_u64) {
+        text.push_str(&format!("; {ms} ms"));
+    }
+    if let Some(reason) = gate.get("reason").and_then(Value::as_str) {
+        text.push_str(&format!("; gate: {}", reason));
+    }
+    text
 }
 
 fn prediction_summary(v: &Value) -> String {
@@ -234,9 +315,10 @@ pub fn watch(args: &WatchArgs) -> anyhow::Result<()> {
     if args.device != "+" {
         validate_level("device id", &args.device).context("--device")?;
     }
+    let url = super::common::broker_url(args.url.as_deref());
     // Training reports and stats can exceed rumqttc's 10 KiB default.
     let options = operator_options(
-        &args.url,
+        &url,
         "watch",
         args.username.as_deref(),
         args.password_env.as_deref(),
@@ -256,7 +338,7 @@ pub fn watch(args: &WatchArgs) -> anyhow::Result<()> {
                     .iter()
                     .map(|f| SubscribeFilter::new(f.clone(), QoS::AtMostOnce));
                 if let Err(e) = client.try_subscribe_many(subscriptions) {
-                    bail!("cannot subscribe on {}: {e}", args.url);
+                    bail!("cannot subscribe on {url}: {e}");
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -274,7 +356,7 @@ pub fn watch(args: &WatchArgs) -> anyhow::Result<()> {
             }
             Ok(_) => {}
             Err(e) => {
-                eprintln!("glimpse watch: {} : {e}; retrying in 1 s", args.url);
+                eprintln!("glimpse watch: {url}: {e}; retrying in 1 s");
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
@@ -326,9 +408,49 @@ mod tests {
             .unwrap(),
             "22:13:20.123 cam1 stats fps 15.0/14.5 dropped 3 reconnects 1"
         );
+    }
+
+    #[test]
+    fn acks_and_reports_are_readable_and_whole() {
         assert_eq!(
-            human("glimpse/cam1/ack", r#"{"ok":true}"#).unwrap(),
-            r#"22:13:20.123 cam1 ack {"ok":true}"#
+            human(
+                "glimpse/cam1/ack",
+                r#"{"id":"3fa4c2d1e5f60718293a4b5c","status":"accepted","label":"rock","count":12}"#
+            )
+            .unwrap(),
+            "22:13:20.123 cam1 ack sample rock accepted (count 12) id 3fa4c2d1e5f6…"
+        );
+        assert_eq!(
+            human(
+                "glimpse/cam1/ack",
+                r#"{"id":"c1","command":"retrain","status":"accepted","head_version":3}"#
+            )
+            .unwrap(),
+            "22:13:20.123 cam1 ack retrain accepted head v3 id c1"
+        );
+        let reason = format!("label {} is too long", "x".repeat(100));
+        let line = human(
+            "glimpse/cam1/ack",
+            &format!(r#"{{"status":"rejected","label":"a","reason":"{reason}"}}"#),
+        )
+        .unwrap();
+        assert!(line.ends_with(&format!(": {reason}")), "{line}");
+        let report = r#"{"device":"cam1","trigger":"auto","version":4,"active_version":4,
+            "accepted":true,"forced":false,
+            "gate":{"accepted":true,"reason":"new head 0.953 >= active 0.941 - 0.02","old_accuracy":0.941,"new_accuracy":0.953,"compared":212},
+            "samples_per_class":{"a":3000,"b":1250},"classes":["a","b"],"train_count":3400,
+            "val_count":850,"deployed_train_count":4250,"accuracy":0.96,"duration_ms":830}"#;
+        assert_eq!(
+            human("glimpse/cam1/report", report).unwrap(),
+            "22:13:20.123 cam1 report v4 accepted (auto): accuracy 0.953 (active 0.941) on 212 \
+             held out; 2 classes, 4250 samples; 830 ms; gate: new head 0.953 >= active 0.941 - 0.02"
+        );
+        let rejected = r#"{"trigger":"command","version":null,"active_version":2,"accepted":false,
+            "gate":{"accepted":false,"reason":"worse","old_accuracy":0.9,"new_accuracy":0.5,"compared":10}}"#;
+        assert_eq!(
+            human("glimpse/cam1/report", rejected).unwrap(),
+            "22:13:20.123 cam1 report kept v2 rejected by the gate (command): accuracy 0.500 \
+             (active 0.900) on 10 held out; gate: worse"
         );
     }
 
@@ -340,9 +462,6 @@ mod tests {
         );
         assert_eq!(human("other/cam1/state", "{}"), None);
         assert_eq!(human("glimpse/cam1/sample/x", "{}"), None);
-        let long = format!(r#"{{"text":"{}"}}"#, "x".repeat(500));
-        let line = human("glimpse/cam1/report", &long).unwrap();
-        assert!(line.ends_with('…') && line.chars().count() < 200, "{line}");
     }
 
     #[test]

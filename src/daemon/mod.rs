@@ -5,12 +5,16 @@
 //! availability topic and exit 0.
 
 pub mod change; // skip frames that barely changed (grey-thumbnail difference)
-pub mod learner; // samples + commands -> store, acks, retraining, hot swap (its own thread)
+pub mod intake; // refusals before the learner (retained, too large, busy) and the byte budget
+pub mod learner; // typed teach requests -> store, acks, retraining, hot swap (ingest + trainer threads)
+pub mod liveness; // watched threads (a panic ends the daemon with exit 1), busy-job stall checks
 pub mod meter; // rolling latency windows and rates for the stats topic
 pub mod pipeline; // capture -> decode -> backbone -> head threads with newest-wins hand-offs
+pub mod preflight; // start-up checks shared with `glimpse check-config`
 pub mod publish; // prediction events -> MQTT messages through the publish policy
 pub mod recent; // the ring of recent frames (embedding + thumbnail) an operator can label
 pub mod slot; // the newest-wins single-slot hand-off between pipeline threads
+pub mod teach; // MQTT <-> learner: received messages to requests, learner events to messages
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,16 +26,25 @@ use crate::config::Config;
 use crate::learn::head::{Head, HeadError};
 use crate::mqtt::link::MqttLink;
 use crate::mqtt::messages::learning::{Ack, AckStatus};
-use crate::mqtt::topics::Outgoing;
 use crate::store::Store;
 use crate::systemd::{watchdog_interval, Notifier, WatchdogGate};
-use crate::vision::backbone::{set_threads, Backbone, BackboneOptions};
+use crate::vision::backbone::Backbone;
 use crate::vision::decode::DecodeLimits;
-use crate::vision::manifest::ModelManifest;
-use learner::{restore_head, Learner, LearnerSettings, Outbound};
+use intake::Intake;
+use learner::{restore_head, LearnEvent, Learner, LearnerSettings};
 use pipeline::{LoadedHead, Pipeline, PipelineSettings};
 use publish::Publisher;
 use recent::{RecentFrame, RecentFrames};
+use teach::Outbound;
+
+/// Longest one learner job (a sample, a command, a retrain) may take before the watchdog ping is
+/// withheld: training a few thousand samples takes seconds, exporting 50,000 thumbnails well
+/// under a minute, so this is a wedged thread, not a slow one.
+const LEARNER_STALL: Duration = Duration::from_secs(300);
+
+/// Bytes of sample payloads that may wait for the learner (see `intake`); at least one message
+/// of `mqtt.max_packet_bytes` always fits an idle device.
+pub const INTAKE_BUDGET_BYTES: usize = 32 << 20;
 
 /// Room left in an MQTT packet for the topic and fixed header when publishing an export archive.
 const EXPORT_HEADROOM: usize = 1024;
@@ -74,22 +87,56 @@ pub fn load_start_head(path: &std::path::Path, backbone: &Backbone) -> Option<Lo
     }
 }
 
+/// Opens the sample store, checked and, when damaged, rebuilt (one line in the log says so). A
+/// schema newer than this build is a configuration problem (exit 2: restarting cannot fix a
+/// downgrade); anything else that stops the store from opening is exit 1.
+fn open_store(state_dir: &std::path::Path) -> Result<Store, DaemonError> {
+    match crate::store::recovery::open_checked(state_dir) {
+        Ok((store, None)) => Ok(store),
+        Ok((store, Some(recovery))) => {
+            log::error!("{}", recovery.summary());
+            Ok(store)
+        }
+        Err(err @ crate::store::StoreError::TooNew { .. }) => {
+            Err(DaemonError::Config(err.to_string()))
+        }
+        Err(err) => Err(DaemonError::Runtime(err.to_string())),
+    }
+}
+
+/// Why the pipeline's event channel closed: `None` for a finite replay that ended (exit 0), else
+/// the failure (a source that failed for good, or a pipeline thread that ended).
+fn pipeline_end(pipeline: &Pipeline) -> Option<String> {
+    let failed = pipeline
+        .source_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if let Some(reason) = failed {
+        return Some(reason);
+    }
+    if pipeline
+        .source_ended
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return None;
+    }
+    Some("the inference thread ended".to_string())
+}
+
 /// Runs the daemon until SIGTERM / SIGINT or the end of a finite source.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
+    liveness::log_panics_in_one_line();
+    // First, so that a SIGTERM while the model loads or the link connects (`online` may already
+    // be out) is a clean stop once the loop runs, not death by the default action.
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| DaemonError::Runtime(format!("cannot install SIGTERM handler: {e}")))?;
     let notifier = Notifier::from_env().map_err(|e| DaemonError::Runtime(e.to_string()))?;
-    // Config errors name the key: the manifest's own message names the file.
-    let manifest = ModelManifest::load(&config.model.manifest)
-        .map_err(|e| DaemonError::Config(format!("model.manifest: {e}")))?;
-    let threads = crate::cli::common::resolve_threads(config.model.threads);
-    set_threads(threads);
-    let backbone = Arc::new(
-        Backbone::load(&manifest, &BackboneOptions { threads })
-            .map_err(|e| DaemonError::Config(format!("model.manifest: {e}")))?,
-    );
+    let preflight::Checked { manifest, backbone } = preflight::preflight(&config)?;
     // The active head comes from the store; a corrupt version falls back to the previous one.
     // A store without heads falls back to the configured head file (trained offline).
     let state_dir = config.state_dir();
-    let mut store = Store::open_in(&state_dir).map_err(|e| DaemonError::Runtime(e.to_string()))?;
+    let mut store = open_store(&state_dir)?;
     let (stored_head, head_errors) = restore_head(&mut store, backbone.fingerprint())
         .map_err(|e| DaemonError::Runtime(e.to_string()))?;
     for error in &head_errors {
@@ -115,33 +162,37 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 
     let (link, mut incoming) =
         MqttLink::start(&config.mqtt).map_err(|e| DaemonError::Config(e.to_string()))?;
+    // Home Assistant discovery goes out on every (re)connection (a broker without persistence
+    // forgets retained configs) and on every head change (the label sensor's `options`).
+    let mut connections = link.connections();
     let mut publisher = Publisher::new(&config, &manifest.name, link);
-    publisher.announce_discovery(&head);
     if !head_errors.is_empty() {
         let ack = Ack::command(None, "restore_head", AckStatus::Rejected)
             .with_reason(head_errors.join("; "));
-        publisher.send(Outbound {
-            kind: Outgoing::Ack,
-            payload: serde_json::to_vec(&ack).unwrap_or_default(),
-        });
+        publisher.send(Outbound::ack(&ack));
     }
-    let recent = Arc::new(Mutex::new(RecentFrames::new(config.learning.recent_frames)));
-    let (learner_tx, mut learner_out) = mpsc::channel::<Outbound>(64);
+    let recent = Mutex::new(RecentFrames::new(config.learning.recent_frames));
+    let learner_settings = LearnerSettings {
+        device: config.mqtt.device_id.clone(),
+        learning: config.learning.clone(),
+        state_dir: state_dir.clone(),
+        resize: config.model.resize,
+    };
+    let limits = learner_settings.limits();
+    let max_publish_bytes = config.mqtt.max_packet_bytes.saturating_sub(EXPORT_HEADROOM);
+    let (learner_tx, mut learner_out) = mpsc::channel::<LearnEvent>(64);
+    let (deaths_tx, mut deaths) = mpsc::unbounded_channel::<liveness::Death>();
     let learner = Learner::start(
         store,
         backbone.clone(),
         head.clone(),
-        recent.clone(),
-        LearnerSettings {
-            device: config.mqtt.device_id.clone(),
-            learning: config.learning.clone(),
-            state_dir: state_dir.clone(),
-            resize: config.model.resize,
-            max_publish_bytes: config.mqtt.max_packet_bytes.saturating_sub(EXPORT_HEADROOM),
-        },
+        learner_settings,
         learner_tx,
+        deaths_tx.clone(),
     )
-    .map_err(|e| DaemonError::Runtime(format!("cannot start the learner thread: {e}")))?;
+    .map_err(|e| DaemonError::Runtime(format!("cannot start the learner threads: {e}")))?;
+
+    let mut intake = Intake::new(INTAKE_BUDGET_BYTES, config.mqtt.max_packet_bytes);
 
     let (events_tx, mut events) = mpsc::channel(16);
     let settings = PipelineSettings {
@@ -155,8 +206,15 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             0
         },
     };
-    let pipeline = Pipeline::start(source, backbone.clone(), head.clone(), settings, events_tx)
-        .map_err(|e| DaemonError::Runtime(format!("cannot start pipeline threads: {e}")))?;
+    let pipeline = Pipeline::start(
+        source,
+        backbone.clone(),
+        head.clone(),
+        settings,
+        events_tx,
+        deaths_tx.clone(),
+    )
+    .map_err(|e| DaemonError::Runtime(format!("cannot start pipeline threads: {e}")))?;
     if let Err(err) = notifier.ready() {
         log::warn!("sd_notify READY: {err}");
     }
@@ -180,9 +238,15 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         tokio::time::interval(Duration::from_secs(config.mqtt.stats_interval_s.max(1)));
     stats_tick.tick().await; // the first tick is immediate; stats after one full interval
     let mut progress_seen = 0u64;
+    // A test that wedges the learner on purpose need not wait five minutes for the verdict.
+    let learner_stall = if crate::fault::armed(crate::fault::Fault::LearnerStall) {
+        Duration::from_secs(2)
+    } else {
+        LEARNER_STALL
+    };
+    // Set when a part died: the loop ends and the daemon exits 1 with this one-line reason.
+    let mut failure: Option<String> = None;
 
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| DaemonError::Runtime(format!("cannot install SIGTERM handler: {e}")))?;
     loop {
         tokio::select! {
             event = events.recv() => match event {
@@ -196,12 +260,24 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                     });
                 }
                 None => {
-                    log::info!("pipeline finished (source ended)");
+                    // A dying pipeline thread closes the channel just before it reports.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    failure = match deaths.try_recv() {
+                        Ok(death) => Some(format!("{} thread {}", death.part, death.reason)),
+                        Err(_) => pipeline_end(&pipeline),
+                    };
+                    if failure.is_none() {
+                        log::info!("pipeline finished (source ended)");
+                    }
                     break;
                 }
             },
+            Some(death) = deaths.recv() => {
+                failure = Some(format!("{} thread {}", death.part, death.reason));
+                break;
+            }
             _ = stats_tick.tick() => {
-                let status = publisher.stats(&pipeline.stats, &pipeline.health);
+                let status = publisher.stats(&pipeline.stats, &pipeline.health, intake.counters());
                 if let Err(err) = notifier.status(&status) {
                     log::debug!("sd_notify STATUS: {err}");
                 }
@@ -216,23 +292,50 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                         progress_seen = progress;
                         gate.frame_processed(now);
                     }
-                    if gate.should_ping(now) {
-                        if let Err(err) = notifier.watchdog() {
-                            log::warn!("sd_notify WATCHDOG: {err}");
-                        }
-                    } else {
+                    if !gate.should_ping(now) {
                         log::warn!("no frame processed for {:?}: withholding the watchdog ping", gate.stall_window());
+                    } else if learner.busy.stalled(now, learner_stall) {
+                        log::warn!("the learner has been on one job for over {learner_stall:?}: withholding the watchdog ping");
+                    } else if let Err(err) = notifier.watchdog() {
+                        log::warn!("sd_notify WATCHDOG: {err}");
                     }
                 }
             }
-            received = incoming.recv() => {
-                if let Some(received) = received {
-                    if let Err(busy) = learner.submit(received) {
-                        publisher.send(busy);
+            received = incoming.recv() => match received {
+                Some(received) => {
+                    match intake.admit(received) {
+                        Ok(mut admitted) => {
+                            // The budget share travels with the request until it is handled.
+                            let permit = admitted.permit.take();
+                            match teach::request(admitted, &config.learning, &limits, &recent) {
+                                Ok(request) => {
+                                    if let Err(request) = learner.submit(request, permit) {
+                                        intake.learner_busy();
+                                        publisher.send(Outbound::ack(&teach::busy(&request)));
+                                    }
+                                }
+                                Err(refused) => publisher.send(Outbound::ack(&refused)),
+                            }
+                        }
+                        Err(refused) => publisher.send(refused),
                     }
                 }
+                None => {
+                    // The poll task owns the sender: it ended, and no sample can arrive again.
+                    failure = Some("the MQTT link task ended".to_string());
+                    break;
+                }
+            },
+            Some(event) = learner_out.recv() => {
+                let effects = teach::effects(event, max_publish_bytes);
+                for message in effects.messages {
+                    publisher.send(message);
+                }
+                if effects.head_changed {
+                    publisher.announce_discovery(&head);
+                }
             }
-            Some(message) = learner_out.recv() => publisher.send(message),
+            Ok(()) = connections.changed() => publisher.announce_discovery(&head),
             _ = sigterm.recv() => {
                 log::info!("SIGTERM: stopping");
                 break;
@@ -243,16 +346,28 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             }
         }
     }
+    // The link stops waiting to hand over messages nobody will read.
+    drop(incoming);
     if let Err(err) = notifier.stopping() {
         log::debug!("sd_notify STOPPING: {err}");
+    }
+    if let Some(reason) = failure {
+        // No clean goodbye: the broker publishes the `offline` will, systemd restarts us. The
+        // source is still stopped, so an `exec:` child does not outlive the process.
+        pipeline.stop();
+        return Err(DaemonError::Runtime(format!(
+            "{reason}: exiting so that systemd restarts the daemon"
+        )));
     }
     pipeline.stop();
     // Let the learner finish what it holds and publish its last acks before disconnecting.
     let learner_done = tokio::task::spawn_blocking(move || learner.stop());
-    while let Ok(Some(message)) =
+    while let Ok(Some(event)) =
         tokio::time::timeout(Duration::from_secs(10), learner_out.recv()).await
     {
-        publisher.send(message);
+        for message in teach::effects(event, max_publish_bytes).messages {
+            publisher.send(message);
+        }
     }
     let _ = learner_done.await;
     publisher.shutdown().await;

@@ -15,12 +15,13 @@ use image::RgbImage;
 use tokio::sync::mpsc;
 
 use super::change::ChangeFilter;
+use super::liveness::{spawn_watched, DeathReporter};
 use super::meter::LatencyWindow;
 use super::slot::LatestSlot;
 use crate::learn::head::Head;
 use crate::learn::thumbnail::jpeg_thumbnail;
 use crate::mqtt::messages::Scored;
-use crate::source::{Frame, FrameData, FrameSource, HealthProbe};
+use crate::source::{Frame, FrameData, FrameSource, HealthProbe, Interrupt};
 use crate::vision::backbone::Backbone;
 use crate::vision::decode::{decode_image, decode_raw, DecodeLimits, PixelFormat};
 use crate::vision::labels::{softmax, top_k};
@@ -31,6 +32,9 @@ use crate::vision::spec::ResizeMode;
 const POLL: Duration = Duration::from_millis(200);
 /// Latency samples kept per stage for the stats medians.
 const WINDOW: usize = 256;
+/// How long `stop` waits for the capture thread after asking the source to stop (an `exec:`
+/// child gets SIGTERM first, as gstreamer's camera daemon wants), before forcing it.
+const CAPTURE_GRACE: Duration = Duration::from_millis(1500);
 
 /// A trained head with the version it is stored under.
 pub struct LoadedHead {
@@ -39,6 +43,9 @@ pub struct LoadedHead {
     /// The same training without the validation samples: what the learner's gate scores against
     /// a new head (the deployed head has seen those samples). `None`: the gate uses `head`.
     pub gate: Option<Head>,
+    /// An imprinted head (a new class added in milliseconds, not stored): served until the full
+    /// training refines it; if the gate rejects that training, stored version `version` returns.
+    pub provisional: bool,
 }
 
 impl LoadedHead {
@@ -48,6 +55,7 @@ impl LoadedHead {
             head,
             version,
             gate: None,
+            provisional: false,
         }
     }
 
@@ -168,6 +176,7 @@ pub struct PipelineSettings {
 struct Prepared {
     frame_id: u64,
     captured_at: SystemTime,
+    received: Instant,
     tensor: Vec<f32>,
     thumbnail: Option<Vec<u8>>,
 }
@@ -178,10 +187,14 @@ pub struct Pipeline {
     frames: Arc<LatestSlot<Frame>>,
     tensors: Arc<LatestSlot<Prepared>>,
     workers: Vec<JoinHandle<()>>,
+    capture: JoinHandle<()>,
+    interrupter: Option<Arc<dyn Interrupt>>,
     pub stats: Arc<PipelineStats>,
     pub health: HealthProbe,
     /// Set when the source ended for good (a non-looping replay).
     pub source_ended: Arc<AtomicBool>,
+    /// Set when the source failed for good: the daemon exits non-zero with this reason.
+    pub source_error: Arc<Mutex<Option<String>>>,
 }
 
 impl Pipeline {
@@ -192,57 +205,61 @@ impl Pipeline {
         head: Arc<HeadCell>,
         settings: PipelineSettings,
         events: mpsc::Sender<PredictionEvent>,
+        deaths: DeathReporter,
     ) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let frames = Arc::new(LatestSlot::new());
         let tensors = Arc::new(LatestSlot::new());
         let stats = Arc::new(PipelineStats::default());
         let source_ended = Arc::new(AtomicBool::new(false));
+        let source_error = Arc::new(Mutex::new(None));
         let health = source.health_probe();
+        let interrupter = source.interrupter();
 
-        // Capture: owns the source. Not joined at stop: a camera read may block for a while,
-        // and the process is about to exit anyway; it notices the stop flag on its next frame.
-        {
-            let (stop, frames, stats, ended) = (
+        // Capture: owns the source. `stop` interrupts the source (an `exec:` child that writes
+        // nothing would block the read forever) and waits a bounded time: a camera read may
+        // block for a while, and the process is about to exit anyway.
+        let capture = {
+            let (stop, frames, stats, ended, failed) = (
                 stop.clone(),
                 frames.clone(),
                 stats.clone(),
                 source_ended.clone(),
+                source_error.clone(),
             );
-            std::thread::Builder::new()
-                .name("capture".into())
-                .spawn(move || {
-                    // A source without a clock of its own (an unpaced replay) is read only when
-                    // the decoder took the previous frame: reading ahead would only spin a core
-                    // on frames that get replaced. Live sources are always read, or their
-                    // buffers would fill with stale frames.
-                    let paced = source.paced_by_consumer();
-                    while !stop.load(Ordering::Relaxed) {
-                        if paced && !frames.wait_empty(POLL) {
-                            continue;
+            spawn_watched("capture", deaths.clone(), move || {
+                // A source without a clock of its own (an unpaced replay) is read only when
+                // the decoder took the previous frame: reading ahead would only spin a core
+                // on frames that get replaced. Live sources are always read, or their
+                // buffers would fill with stale frames.
+                let paced = source.paced_by_consumer();
+                while !stop.load(Ordering::Relaxed) {
+                    if paced && !frames.wait_empty(POLL) {
+                        continue;
+                    }
+                    match source.next_frame() {
+                        Ok(Some(frame)) => {
+                            stats.frames_in.fetch_add(1, Ordering::Relaxed);
+                            if frames.put(frame) {
+                                stats.frame_slot_drops.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
-                        match source.next_frame() {
-                            Ok(Some(frame)) => {
-                                stats.frames_in.fetch_add(1, Ordering::Relaxed);
-                                if frames.put(frame) {
-                                    stats.frame_slot_drops.fetch_add(1, Ordering::Relaxed);
-                                }
-                            }
-                            Ok(None) => {
-                                log::info!("source {} ended", source.describe());
-                                ended.store(true, Ordering::Relaxed);
-                                break;
-                            }
-                            Err(err) => {
-                                log::error!("source {}: {err}", source.describe());
-                                ended.store(true, Ordering::Relaxed);
-                                break;
-                            }
+                        Ok(None) => {
+                            log::info!("source {} ended", source.describe());
+                            ended.store(true, Ordering::Relaxed);
+                            break;
+                        }
+                        Err(err) => {
+                            let reason = format!("source {}: {err}", source.describe());
+                            *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+                            ended.store(true, Ordering::Relaxed);
+                            break;
                         }
                     }
-                    frames.close();
-                })?;
-        }
+                }
+                frames.close();
+            })?
+        };
 
         let decode_worker = {
             let (stop, frames, tensors, stats) =
@@ -250,90 +267,90 @@ impl Pipeline {
             let settings = settings.clone();
             let mut preprocessor = Preprocessor::new(backbone.input_spec(), settings.resize);
             let mut change = ChangeFilter::new(settings.skip_unchanged_below);
-            std::thread::Builder::new()
-                .name("decode".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        // Decode the next frame only once inference took the previous tensor:
-                        // one frame is prepared ahead (the overlap), never more, so no core is
-                        // spent decoding frames inference would never see, and the frame
-                        // decoded is the newest one at that moment.
-                        if !tensors.wait_empty(POLL) {
-                            continue;
+            spawn_watched("decode", deaths.clone(), move || {
+                while !stop.load(Ordering::Relaxed) {
+                    // Decode the next frame only once inference took the previous tensor:
+                    // one frame is prepared ahead (the overlap), never more, so no core is
+                    // spent decoding frames inference would never see, and the frame
+                    // decoded is the newest one at that moment.
+                    if !tensors.wait_empty(POLL) {
+                        continue;
+                    }
+                    let Some(frame) = frames.take_timeout(POLL) else {
+                        if frames.is_closed() {
+                            break;
                         }
-                        let Some(frame) = frames.take_timeout(POLL) else {
-                            if frames.is_closed() {
-                                break;
-                            }
-                            continue;
-                        };
-                        let started = Instant::now();
-                        let image = match decode_frame(&frame.data, &settings.limits) {
-                            Ok(image) => image,
-                            Err(err) => {
-                                stats.decode_errors.fetch_add(1, Ordering::Relaxed);
-                                log::warn!("frame {}: {err}", frame.id);
-                                continue;
-                            }
-                        };
-                        let decoded = Instant::now();
-                        if !change.should_process(&image) {
-                            stats.frames_skipped.fetch_add(1, Ordering::Relaxed);
-                            continue;
-                        }
-                        let mut tensor = Vec::new();
-                        if let Err(err) = preprocessor.run(&image, &mut tensor) {
+                        continue;
+                    };
+                    let started = Instant::now();
+                    let image = match decode_frame(&frame.data, &settings.limits) {
+                        Ok(image) => image,
+                        Err(err) => {
                             stats.decode_errors.fetch_add(1, Ordering::Relaxed);
                             log::warn!("frame {}: {err}", frame.id);
                             continue;
                         }
-                        let thumbnail = (settings.thumbnail_px > 0)
-                            .then(|| jpeg_thumbnail(&image, settings.thumbnail_px))
-                            .flatten();
-                        let done = Instant::now();
-                        stats.with_stages(|s| {
-                            s.decode.record(decoded - started);
-                            s.preprocess.record(done - decoded);
-                        });
-                        let prepared = Prepared {
-                            frame_id: frame.id,
-                            captured_at: frame.captured_at,
-                            tensor,
-                            thumbnail,
-                        };
-                        if tensors.put(prepared) {
-                            stats.tensor_slot_drops.fetch_add(1, Ordering::Relaxed);
-                        }
+                    };
+                    let decoded = Instant::now();
+                    if !change.should_process(&image) {
+                        stats.frames_skipped.fetch_add(1, Ordering::Relaxed);
+                        continue;
                     }
-                    tensors.close();
-                })?
+                    let mut tensor = Vec::new();
+                    if let Err(err) = preprocessor.run(&image, &mut tensor) {
+                        stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+                        log::warn!("frame {}: {err}", frame.id);
+                        continue;
+                    }
+                    let thumbnail = (settings.thumbnail_px > 0)
+                        .then(|| jpeg_thumbnail(&image, settings.thumbnail_px))
+                        .flatten();
+                    let done = Instant::now();
+                    stats.with_stages(|s| {
+                        s.decode.record(decoded - started);
+                        s.preprocess.record(done - decoded);
+                    });
+                    let prepared = Prepared {
+                        frame_id: frame.id,
+                        captured_at: frame.captured_at,
+                        received: frame.received,
+                        tensor,
+                        thumbnail,
+                    };
+                    if tensors.put(prepared) {
+                        stats.tensor_slot_drops.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                tensors.close();
+            })?
         };
 
         let infer_worker = {
             let (stop, tensors, stats) = (stop.clone(), tensors.clone(), stats.clone());
-            std::thread::Builder::new()
-                .name("infer".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        let Some(prepared) = tensors.take_timeout(POLL) else {
-                            if tensors.is_closed() {
-                                break;
-                            }
-                            continue;
-                        };
-                        let event = match infer(&backbone, &head, &settings, &stats, prepared) {
-                            Ok(event) => event,
-                            Err(err) => {
-                                log::error!("inference failed: {err}");
-                                continue;
-                            }
-                        };
-                        stats.frames_out.fetch_add(1, Ordering::Relaxed);
-                        if events.try_send(event).is_err() {
-                            stats.events_dropped.fetch_add(1, Ordering::Relaxed);
+            spawn_watched("infer", deaths, move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let Some(prepared) = tensors.take_timeout(POLL) else {
+                        if tensors.is_closed() {
+                            break;
                         }
+                        continue;
+                    };
+                    if prepared.frame_id >= 2 {
+                        crate::fault::maybe_panic(crate::fault::Fault::InferPanic);
                     }
-                })?
+                    let event = match infer(&backbone, &head, &settings, &stats, prepared) {
+                        Ok(event) => event,
+                        Err(err) => {
+                            log::error!("inference failed: {err}");
+                            continue;
+                        }
+                    };
+                    stats.frames_out.fetch_add(1, Ordering::Relaxed);
+                    if events.try_send(event).is_err() {
+                        stats.events_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })?
         };
 
         Ok(Self {
@@ -341,21 +358,50 @@ impl Pipeline {
             frames,
             tensors,
             workers: vec![decode_worker, infer_worker],
+            capture,
+            interrupter,
             stats,
             health,
             source_ended,
+            source_error,
         })
     }
 
-    /// Stops the pipeline and waits for the decode and inference threads (at most one frame).
+    /// Stops the pipeline: waits for the decode and inference threads (at most one frame) and,
+    /// a bounded time, for the capture thread, whose source is interrupted so that nothing it
+    /// started (an `exec:` child) outlives the daemon.
     pub fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
         self.frames.close();
         self.tensors.close();
+        if let Some(interrupter) = &self.interrupter {
+            interrupter.interrupt(false);
+        }
         for worker in self.workers {
             let _ = worker.join();
         }
+        // A camera read that blocks is left behind (the process is about to exit); a source
+        // with processes of its own gets SIGKILL for them if SIGTERM was not enough.
+        if !wait_finished(&self.capture, CAPTURE_GRACE) {
+            if let Some(interrupter) = &self.interrupter {
+                log::warn!("capture did not stop within {CAPTURE_GRACE:?}: killing the source");
+                interrupter.interrupt(true);
+                wait_finished(&self.capture, CAPTURE_GRACE);
+            }
+        }
     }
+}
+
+/// Waits up to `limit` for a thread to finish; true if it did.
+fn wait_finished(thread: &JoinHandle<()>, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while !thread.is_finished() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
 }
 
 fn to_scored(pairs: Vec<(usize, f32)>, name: impl Fn(usize) -> String) -> Vec<Scored> {
@@ -403,9 +449,9 @@ fn infer(
         }
     };
     let finished = Instant::now();
-    let latency = SystemTime::now()
-        .duration_since(prepared.captured_at)
-        .unwrap_or_default();
+    // Monotonic: a wall clock that jumps (NTP syncing a board that booted in 1970) must not
+    // turn into hour-long or zero latencies.
+    let latency = finished.saturating_duration_since(prepared.received);
     stats.with_stages(|s| {
         s.backbone.record(inferred - started);
         s.head.record(finished - inferred);

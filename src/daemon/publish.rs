@@ -7,9 +7,11 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use super::intake::IntakeCounters;
 use super::pipeline::{HeadCell, PipelineStats, PredictionEvent};
 use crate::config::Config;
 use crate::mqtt::discovery::{discovery_messages, DiscoveryInput};
+use crate::mqtt::hints;
 use crate::mqtt::link::{MqttLink, Received};
 use crate::mqtt::messages::{now_unix_ms, unix_ms, Prediction, StageLatency, State, Stats};
 use crate::mqtt::policy::PublishPolicy;
@@ -32,6 +34,7 @@ pub struct Publisher {
     started: Instant,
     previous: Previous,
     head_version: Option<u64>,
+    state_dir: std::path::PathBuf,
 }
 
 impl Publisher {
@@ -54,6 +57,7 @@ impl Publisher {
                 frames_out: 0,
             },
             head_version: None,
+            state_dir: config.state_dir(),
         }
     }
 
@@ -111,7 +115,7 @@ impl Publisher {
             }
         }
         if let Some(new_label) = decision.state_changed {
-            log::info!("state: {new_label} ({score:.2})");
+            log::info!("{}", hints::state_changed(&self.device, &new_label, score));
             let state = State {
                 device: self.device.clone(),
                 label: new_label,
@@ -126,7 +130,12 @@ impl Publisher {
     }
 
     /// Publishes the stats message; returns a one-line status for systemd.
-    pub fn stats(&mut self, stats: &PipelineStats, health: &HealthProbe) -> String {
+    pub fn stats(
+        &mut self,
+        stats: &PipelineStats,
+        health: &HealthProbe,
+        intake: IntakeCounters,
+    ) -> String {
         let now = Instant::now();
         let frames_in = stats.frames_in.load(Ordering::Relaxed);
         let frames_out = stats.frames_out.load(Ordering::Relaxed);
@@ -165,7 +174,14 @@ impl Publisher {
             uptime_s: self.started.elapsed().as_secs(),
             broker_reconnects: counters.reconnects,
             mqtt_dropped: counters.dropped_outgoing,
+            incoming_dropped: counters.dropped_incoming
+                + counters.rejected_incoming
+                + intake.refused(),
+            incoming_too_large: intake.too_large,
+            incoming_retained: intake.retained,
+            incoming_busy: intake.busy,
             head_version: self.head_version,
+            state_free_bytes: crate::fsutil::free_bytes(&self.state_dir).ok(),
         };
         if let Err(err) = self.link.publish_json(Outgoing::Stats, &message) {
             log::warn!("stats: {err}");
@@ -200,7 +216,7 @@ impl Publisher {
     }
 
     /// Queues a learner message (ack or training report) on its topic.
-    pub fn send(&self, message: super::learner::Outbound) {
+    pub fn send(&self, message: super::teach::Outbound) {
         if let Err(err) = self.link.publish_to(message.kind, message.payload) {
             log::warn!("{}: {err}", message.kind.suffix());
         }

@@ -136,6 +136,12 @@ impl Head {
         &mut self.report
     }
 
+    /// The input normalization (`mean`, `scale`) and the layers, for code that derives a head
+    /// from this one (the imprint fast path).
+    pub(crate) fn parts(&self) -> (&[f32], &[f32], &[Layer]) {
+        (&self.mean, &self.scale, &self.layers)
+    }
+
     pub fn kind(&self) -> HeadKind {
         self.kind
     }
@@ -417,7 +423,7 @@ fn parse(bytes: &[u8], file: &str, expected: Option<&Fingerprint>) -> Result<Hea
     }
     let values = (blob_len / 4) as usize;
     let want_values: usize = want.iter().map(|t| t.shape.iter().product::<usize>()).sum();
-    if blob_len % 4 != 0 || values != want_values {
+    if !blob_len.is_multiple_of(4) || values != want_values {
         return Err(corrupt(format!(
             "parameter blob has {blob_len} bytes, expected {}",
             4 * want_values

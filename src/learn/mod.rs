@@ -5,7 +5,9 @@ pub mod cache; // embeddings cached on disk, keyed by image content + backbone f
 pub mod dataset; // class-per-folder scan and the stratified split
 pub mod gate; // the acceptance gate: does a new head replace the active one
 pub mod head; // forward pass and the versioned, checksummed head file
+pub mod imprint; // the new-class fast path: class mean as new weights, milliseconds
 pub mod ingest; // sample validation: labels, sizes, JSON forms, image headers, quotas
 pub mod metrics; // accuracy, per-class precision / recall, confusion matrix
+pub mod retrain; // the pure retrain core: dataset, content-hash holdout, candidate, gate, refit
 pub mod thumbnail; // small JPEG thumbnails of samples and recent frames
 pub mod train; // optimizer, validation split, early stopping, training report

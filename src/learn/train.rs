@@ -26,6 +26,7 @@
 
 mod linear;
 mod mlp;
+mod warm;
 
 use std::time::Instant;
 
@@ -81,6 +82,10 @@ pub struct TrainConfig {
     /// default: off for the linear head (see the module docs), [`DEFAULT_MLP_PATIENCE`] epochs
     /// for the MLP.
     pub patience: Option<usize>,
+    /// Linear head: converged when the largest gradient component is below this. `None` = the
+    /// default, 5e-5 (see `train/linear.rs` for why); a smaller value is for reference fits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gradient_tolerance: Option<f32>,
 }
 
 impl Default for TrainConfig {
@@ -93,6 +98,7 @@ impl Default for TrainConfig {
             balance_classes: true,
             max_iterations: 500,
             patience: None,
+            gradient_tolerance: None,
         }
     }
 }
@@ -276,13 +282,31 @@ pub fn train(
 
 /// Trains on the samples `train_idx` and validates on `val_idx` (which may be empty). Used by
 /// [`train`], and by the acceptance gate, which must score the old and the new head on the very
-/// same validation samples.
+/// same validation samples. A cold start: [`train_with_split_warm`] with no head.
 pub fn train_with_split(
     data: &Dataset,
     train_idx: &[usize],
     val_idx: &[usize],
     fingerprint: &Fingerprint,
     cfg: &TrainConfig,
+    progress: &mut dyn FnMut(TrainProgress),
+) -> Result<Head, TrainError> {
+    train_with_split_warm(data, train_idx, val_idx, fingerprint, cfg, None, progress)
+}
+
+/// [`train_with_split`], starting the linear head's optimizer from `warm`'s weights (the active
+/// head: same classes, plus or minus some) instead of zero. Classes `warm` does not know are
+/// imprinted from their training samples first. The optimum is the same (the loss is convex and
+/// the stopping rule does not change), so the result agrees with a cold start within the
+/// gradient tolerance; only the iterations differ. `warm` is ignored (cold start) for an MLP
+/// config, a head that is not linear or of another dimension, or one sharing no class.
+pub fn train_with_split_warm(
+    data: &Dataset,
+    train_idx: &[usize],
+    val_idx: &[usize],
+    fingerprint: &Fingerprint,
+    cfg: &TrainConfig,
+    warm: Option<&Head>,
     progress: &mut dyn FnMut(TrainProgress),
 ) -> Result<Head, TrainError> {
     let started = Instant::now();
@@ -299,7 +323,17 @@ pub fn train_with_split(
     let weights = sample_weights(&train_set.labels, k, cfg.balance_classes);
 
     let fit = match cfg.kind {
-        HeadKind::Linear => linear::fit(&train_set, &val_set, &weights, k, l2, cfg, progress),
+        HeadKind::Linear => {
+            let start = warm.and_then(|head| {
+                let mut theta = warm::initial_theta(head, data.classes, &mean, &scale)?;
+                let new: Vec<usize> = (0..k)
+                    .filter(|&c| !head.classes().contains(&data.classes[c]))
+                    .collect();
+                warm::imprint_classes(&mut theta, &train_set, k, &new);
+                Some(theta)
+            });
+            linear::fit(&train_set, &val_set, &weights, k, l2, cfg, start, progress)
+        }
         HeadKind::Mlp { hidden } => {
             mlp::fit(&train_set, &val_set, &weights, k, hidden, l2, cfg, progress)
         }
@@ -496,6 +530,11 @@ fn validate_config(cfg: &TrainConfig) -> Result<(), TrainError> {
     if let Some(l2) = cfg.l2 {
         if !(l2.is_finite() && l2 >= 0.0) {
             return bad(format!("l2 must be a finite number >= 0, got {l2}"));
+        }
+    }
+    if let Some(t) = cfg.gradient_tolerance {
+        if !(t.is_finite() && t > 0.0) {
+            return bad(format!("gradient_tolerance must be a number > 0, got {t}"));
         }
     }
     if cfg.max_iterations == 0 {

@@ -44,9 +44,18 @@ impl Backoff {
         full.mul_f64(1.0 - self.jitter * random)
     }
 
-    /// Called on a successful connection: the next outage starts from `base` again.
+    /// Starts over from `base`.
     pub fn reset(&mut self) {
         self.attempt = 0;
+    }
+
+    /// A connection that had been established ended after `lasted`. Only one that stayed up for
+    /// `stable` resets the backoff: a broker that accepts and then drops us at once (a storm)
+    /// must not be retried at the base rate forever.
+    pub fn connection_ended(&mut self, lasted: Duration, stable: Duration) {
+        if lasted >= stable {
+            self.reset();
+        }
     }
 
     /// Consecutive failed attempts since the last reset.
@@ -99,6 +108,22 @@ mod tests {
         b.next_delay(0.0);
         b.next_delay(0.0);
         b.reset();
+        assert_eq!(b.next_delay(0.0), ms(100));
+    }
+
+    #[test]
+    fn only_a_stable_connection_resets() {
+        let stable = Duration::from_secs(10);
+        let mut b = Backoff::new(ms(100), ms(10_000), 0.0);
+        let storm: Vec<_> = (0..4)
+            .map(|_| {
+                let delay = b.next_delay(0.0);
+                b.connection_ended(ms(50), stable);
+                delay
+            })
+            .collect();
+        assert_eq!(storm, vec![ms(100), ms(200), ms(400), ms(800)]);
+        b.connection_ended(stable, stable);
         assert_eq!(b.next_delay(0.0), ms(100));
     }
 

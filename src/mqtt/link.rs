@@ -3,9 +3,17 @@
 //! Two tokio tasks:
 //! - the *poll task* owns the `EventLoop` and polls it forever (rumqttc only makes progress,
 //!   pings and reconnects while polled). On an error it logs, counts, sleeps a capped jittered
-//!   backoff and polls again, which reconnects. Incoming publishes are parsed against the topic
-//!   grammar and handed to the daemon on a bounded mpsc channel (dropped and counted if the
-//!   daemon lags: the event loop must never block).
+//!   backoff and polls again, which reconnects. The backoff starts over only after a connection
+//!   stayed up for [`STABLE_CONNECTION`], so a broker that accepts and then drops us at once
+//!   (a storm) is retried ever more slowly. Incoming publishes are parsed against the topic
+//!   grammar and handed to the daemon on a small bounded mpsc channel. When it is full the poll
+//!   task waits: the socket is not read meanwhile and TCP pushes back to the broker (QoS 1 flow
+//!   control), instead of dropping a message nobody would ever ack. The daemon drains the
+//!   channel without blocking (it refuses what it cannot queue with a `busy` ack).
+//! - A publish over `mqtt.max_packet_bytes` does not break the connection: the patched rumqttc
+//!   (vendor/rumqttc/PATCHED.md) acks it to the broker, skips its payload unread and reports it;
+//!   it is handed on as a [`Received`] with `too_large` set and an empty payload, so the daemon
+//!   can answer it with a `rejected` ack.
 //! - the *pump task* greets every new connection (retained `online`, re-subscribe; the session may
 //!   be gone after a broker restart) and then moves messages from our outbox into the client.
 //!
@@ -21,7 +29,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use rand::{Rng, SeedableRng};
@@ -35,12 +43,19 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
 use super::backoff::Backoff;
+use super::budget::BytePermit;
 use super::config::{read_bytes, MqttConfig, MqttConfigError, Scheme, SYSTEM_CA_BUNDLE};
 use super::messages::Availability;
 use super::topics::{Incoming, Outgoing, TopicError, Topics};
 
-/// Incoming messages waiting for the daemon. Small because each may be a multi-MiB image.
-pub const INCOMING_CAPACITY: usize = 16;
+/// Incoming messages waiting for the daemon. Small because each may be a multi-MiB image; the
+/// daemon drains it at once (its own queue has a byte budget), so more would only hold memory.
+pub const INCOMING_CAPACITY: usize = 4;
+/// A connection that lasted this long was a real one: the next outage backs off from the start.
+/// Shorter ones (refused right after CONNACK, kicked by the broker) keep the backoff growing.
+pub const STABLE_CONNECTION: Duration = Duration::from_secs(10);
+/// While the daemon's channel is full the poll task re-checks for shutdown this often.
+const DELIVER_RETRY: Duration = Duration::from_millis(100);
 /// rumqttc's request channel; our outbox does the real buffering.
 const REQUEST_CHANNEL_CAPACITY: usize = 16;
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
@@ -73,11 +88,33 @@ pub enum LinkError {
 }
 
 /// A message from the broker on one of our subscriptions.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub struct Received {
     pub topic: String,
     pub incoming: Incoming,
     pub payload: Vec<u8>,
+    /// The broker's stored copy of a retained message (sent on subscribe), not a live publish.
+    pub retained: bool,
+    /// The packet was over `mqtt.max_packet_bytes`: its size on the wire. `payload` is empty
+    /// (it was skipped unread).
+    pub too_large: Option<usize>,
+    /// The share of the daemon's incoming byte budget this payload holds; released when the
+    /// message is dropped (after the learner handled it). `None` until the daemon admits it.
+    pub permit: Option<BytePermit>,
+}
+
+impl Received {
+    /// A live message with its payload (what tests and benchmarks feed the learner).
+    pub fn new(topic: impl Into<String>, incoming: Incoming, payload: Vec<u8>) -> Received {
+        Received {
+            topic: topic.into(),
+            incoming,
+            payload,
+            retained: false,
+            too_large: None,
+            permit: None,
+        }
+    }
 }
 
 /// A snapshot of the link's counters (all since start).
@@ -92,8 +129,10 @@ pub struct LinkCounters {
     pub connection_errors: u64,
     /// Outgoing messages dropped because the outbox (or rumqttc's replay list) was full.
     pub dropped_outgoing: u64,
-    /// Incoming messages dropped because the daemon's channel was full or closed.
+    /// Incoming messages dropped because the daemon's channel was closed (shutdown).
     pub dropped_incoming: u64,
+    /// Incoming publishes over `max_packet_bytes`, skipped unread (and handed on for an ack).
+    pub too_large_incoming: u64,
     /// Incoming messages whose topic did not parse.
     pub rejected_incoming: u64,
     /// Messages waiting in the outbox now (never above `outbox_capacity`).
@@ -107,7 +146,13 @@ struct OutMessage {
     topic: String,
     payload: Vec<u8>,
     retain: bool,
+    /// An ack: the outbox drops other messages before it (every sample gets its ack).
+    keep: bool,
 }
+
+/// Acks may take the outbox past `outbox_capacity` up to this many times it (they are small,
+/// and only arrive while connected); beyond it even acks are dropped, oldest first.
+const KEEP_OVERFLOW: usize = 16;
 
 /// The bounded outbox plus counters, shared by the handle and the two tasks.
 #[derive(Debug)]
@@ -121,6 +166,7 @@ struct Shared {
     connection_errors: AtomicU64,
     dropped_outgoing: AtomicU64,
     dropped_incoming: AtomicU64,
+    too_large_incoming: AtomicU64,
     rejected_incoming: AtomicU64,
     replay_pending: AtomicUsize,
 }
@@ -137,6 +183,7 @@ impl Shared {
             connection_errors: AtomicU64::new(0),
             dropped_outgoing: AtomicU64::new(0),
             dropped_incoming: AtomicU64::new(0),
+            too_large_incoming: AtomicU64::new(0),
             rejected_incoming: AtomicU64::new(0),
             replay_pending: AtomicUsize::new(0),
         }
@@ -148,11 +195,18 @@ impl Shared {
         self.outbox.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Queues a message; when full, drops the oldest message that is not an ack (an ack only
+    /// past `KEEP_OVERFLOW` times the capacity).
     fn push(&self, message: OutMessage) {
         {
             let mut queue = self.outbox();
             while queue.len() >= self.capacity {
-                queue.pop_front();
+                let victim = match queue.iter().position(|m| !m.keep) {
+                    Some(i) => i,
+                    None if queue.len() >= self.capacity * KEEP_OVERFLOW => 0,
+                    None => break,
+                };
+                queue.remove(victim);
                 self.dropped_outgoing.fetch_add(1, Ordering::Relaxed);
             }
             queue.push_back(message);
@@ -173,6 +227,7 @@ impl Shared {
             connection_errors: self.connection_errors.load(Ordering::Relaxed),
             dropped_outgoing: self.dropped_outgoing.load(Ordering::Relaxed),
             dropped_incoming: self.dropped_incoming.load(Ordering::Relaxed),
+            too_large_incoming: self.too_large_incoming.load(Ordering::Relaxed),
             rejected_incoming: self.rejected_incoming.load(Ordering::Relaxed),
             queued: self.outbox().len(),
             replay_pending: self.replay_pending.load(Ordering::Relaxed),
@@ -259,6 +314,8 @@ pub struct MqttLink {
     shared: Arc<Shared>,
     poll_task: JoinHandle<()>,
     pump_task: JoinHandle<()>,
+    /// Bumped on every ConnAck (see [`MqttLink::connections`]).
+    generation: watch::Receiver<u64>,
 }
 
 impl MqttLink {
@@ -273,6 +330,7 @@ impl MqttLink {
         let shared = Arc::new(Shared::new(config.outbox_capacity));
         let (incoming_tx, incoming_rx) = mpsc::channel(INCOMING_CAPACITY);
         let (generation_tx, generation_rx) = watch::channel(0u64);
+        let generation = generation_rx.clone();
         let qos = qos_from(config.qos);
         let poll = PollTask {
             eventloop,
@@ -285,7 +343,9 @@ impl MqttLink {
                 Duration::from_secs(config.reconnect_backoff_max_s),
                 BACKOFF_JITTER,
             ),
+            connected_at: None,
             broker: format!("{} as {}", config.url, config.client_id()),
+            first_contact: Some(config.url.clone()),
         };
         let poll_task = runtime.spawn(poll.run());
         let pump_task = runtime.spawn(run_pump(
@@ -304,6 +364,7 @@ impl MqttLink {
                 shared,
                 poll_task,
                 pump_task,
+                generation,
             },
             incoming_rx,
         ))
@@ -315,6 +376,12 @@ impl MqttLink {
 
     pub fn counters(&self) -> LinkCounters {
         self.shared.counters()
+    }
+
+    /// Changes on every successful (re)connection: what must be republished on each one
+    /// (retained Home Assistant configs a broker without persistence forgot) waits on this.
+    pub fn connections(&self) -> watch::Receiver<u64> {
+        self.generation.clone()
     }
 
     pub fn is_connected(&self) -> bool {
@@ -330,11 +397,19 @@ impl MqttLink {
         payload: impl Into<Vec<u8>>,
         retain: bool,
     ) -> Result<(), LinkError> {
-        let topic = topic.into();
+        self.queue(topic.into(), payload.into(), retain, false)
+    }
+
+    fn queue(
+        &self,
+        topic: String,
+        payload: Vec<u8>,
+        retain: bool,
+        keep: bool,
+    ) -> Result<(), LinkError> {
         if self.shared.closing.load(Ordering::Relaxed) {
             return Err(LinkError::Closing { topic });
         }
-        let payload = payload.into();
         let size = publish_packet_size(&topic, payload.len(), self.qos);
         if size > self.max_packet_bytes {
             return Err(LinkError::TooLarge {
@@ -347,13 +422,20 @@ impl MqttLink {
             topic,
             payload,
             retain,
+            keep,
         });
         Ok(())
     }
 
     /// Queues a payload on one of the device's outgoing topics, retained as the grammar says.
+    /// Acks are kept when the outbox is full (see `Shared::push`).
     pub fn publish_to(&self, kind: Outgoing, payload: impl Into<Vec<u8>>) -> Result<(), LinkError> {
-        self.publish(self.topics.outgoing(kind), payload, kind.retained())
+        self.queue(
+            self.topics.outgoing(kind),
+            payload.into(),
+            kind.retained(),
+            kind == Outgoing::Ack,
+        )
     }
 
     /// Serializes `value` to JSON and queues it on `kind`'s topic.
@@ -423,8 +505,13 @@ struct PollTask {
     /// Bumped on every ConnAck so the pump greets each new connection once.
     generation: watch::Sender<u64>,
     backoff: Backoff,
+    /// When the current connection's CONNACK came (None while disconnected).
+    connected_at: Option<Instant>,
     /// `url as client_id`, for log lines (never the password).
     broker: String,
+    /// The broker URL until the first failed attempt has explained itself (hints::no_broker):
+    /// taken then, so the explanation is said once per process.
+    first_contact: Option<String>,
 }
 
 impl PollTask {
@@ -433,10 +520,11 @@ impl PollTask {
         loop {
             match self.eventloop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    self.backoff.reset();
+                    self.connected_at = Some(Instant::now());
                     self.shared.connected.store(true, Ordering::Relaxed);
                     self.shared.connections.fetch_add(1, Ordering::Relaxed);
                     self.shared.replay_pending.store(0, Ordering::Relaxed);
+                    self.first_contact = None;
                     info!(
                         "mqtt connected to {} (session present: {})",
                         self.broker, ack.session_present
@@ -444,7 +532,23 @@ impl PollTask {
                     self.generation.send_modify(|g| *g += 1);
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    self.deliver(publish.topic, publish.payload.to_vec());
+                    if crate::fault::armed(crate::fault::Fault::MqttPollEnd) {
+                        return; // test-only: the task ends as a bug or a panic would end it
+                    }
+                    let retained = publish.retain;
+                    self.hand_over(publish.topic, publish.payload.to_vec(), retained, None)
+                        .await;
+                }
+                Ok(Event::IncomingTooLarge(head)) => {
+                    self.shared
+                        .too_large_incoming
+                        .fetch_add(1, Ordering::Relaxed);
+                    warn!(
+                        "mqtt: skipped a {} byte message on {} (over mqtt.max_packet_bytes)",
+                        head.size, head.topic
+                    );
+                    self.hand_over(head.topic, Vec::new(), head.retain, Some(head.size))
+                        .await;
                 }
                 Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
                     if self.shared.closing.load(Ordering::Relaxed) {
@@ -468,7 +572,15 @@ impl PollTask {
         }
     }
 
-    fn deliver(&self, topic: String, payload: Vec<u8>) {
+    /// Hands a message to the daemon (see [`deliver`]). Borrows only the `Sync` fields: the
+    /// event loop is not `Sync`, and the poll task's future must be `Send`.
+    async fn hand_over(
+        &mut self,
+        topic: String,
+        payload: Vec<u8>,
+        retained: bool,
+        too_large: Option<usize>,
+    ) {
         let incoming = match self.topics.parse_incoming(&topic) {
             Ok(incoming) => incoming,
             Err(e) => {
@@ -483,19 +595,19 @@ impl PollTask {
             topic,
             incoming,
             payload,
+            retained,
+            too_large,
+            permit: None,
         };
-        if let Err(e) = self.incoming.try_send(received) {
-            self.shared.dropped_incoming.fetch_add(1, Ordering::Relaxed);
-            let (why, topic) = match e {
-                mpsc::error::TrySendError::Full(r) => ("daemon is behind", r.topic),
-                mpsc::error::TrySendError::Closed(r) => ("nobody is listening", r.topic),
-            };
-            warn!("mqtt: dropped incoming message on {topic}: {why}");
-        }
+        deliver(&self.incoming, &self.shared, received).await;
     }
 
     async fn on_error(&mut self, error: ConnectionError, random: f64) {
         let was_connected = self.shared.connected.swap(false, Ordering::Relaxed);
+        if let Some(since) = self.connected_at.take() {
+            self.backoff
+                .connection_ended(since.elapsed(), STABLE_CONNECTION);
+        }
         self.shared
             .connection_errors
             .fetch_add(1, Ordering::Relaxed);
@@ -525,8 +637,39 @@ impl PollTask {
                 self.broker,
                 self.backoff.attempts()
             );
+            if let Some(url) = self.first_contact.take() {
+                let refused = matches!(error, ConnectionError::ConnectionRefused(_));
+                warn!("{}", super::hints::no_broker(&url, refused));
+            }
         }
         tokio::time::sleep(delay).await;
+    }
+}
+
+/// Sends a message on the daemon's channel, waiting while it is full (the socket is not read
+/// meanwhile: flow control, see the module doc). Dropped and counted only when the daemon is
+/// stopping.
+async fn deliver(incoming: &mpsc::Sender<Received>, shared: &Shared, mut received: Received) {
+    loop {
+        match incoming.send_timeout(received, DELIVER_RETRY).await {
+            Ok(()) => return,
+            Err(mpsc::error::SendTimeoutError::Timeout(r))
+                if !shared.closing.load(Ordering::Relaxed) =>
+            {
+                received = r;
+            }
+            Err(
+                mpsc::error::SendTimeoutError::Timeout(r)
+                | mpsc::error::SendTimeoutError::Closed(r),
+            ) => {
+                shared.dropped_incoming.fetch_add(1, Ordering::Relaxed);
+                warn!(
+                    "mqtt: dropped incoming message on {}: the daemon is stopping",
+                    r.topic
+                );
+                return;
+            }
+        }
     }
 }
 
@@ -626,6 +769,7 @@ mod tests {
                 topic: format!("t/{i}"),
                 payload: vec![i],
                 retain: false,
+                keep: false,
             });
         }
         let c = shared.counters();
@@ -634,6 +778,33 @@ mod tests {
             .map(|m| m.topic)
             .collect();
         assert_eq!(kept, vec!["t/2", "t/3", "t/4"]);
+    }
+
+    #[test]
+    fn acks_survive_a_full_outbox_up_to_the_overflow_cap() {
+        let shared = Shared::new(2);
+        let message = |topic: &str, keep| OutMessage {
+            topic: topic.into(),
+            payload: Vec::new(),
+            retain: false,
+            keep,
+        };
+        shared.push(message("ack/0", true));
+        for i in 0..5 {
+            shared.push(message(&format!("prediction/{i}"), false));
+        }
+        shared.push(message("ack/1", true));
+        shared.push(message("ack/2", true));
+        let kept: Vec<String> = std::iter::from_fn(|| shared.pop())
+            .map(|m| m.topic)
+            .collect();
+        assert_eq!(kept, vec!["ack/0", "ack/1", "ack/2"]);
+        // Past KEEP_OVERFLOW x capacity even acks go, oldest first.
+        for i in 0..2 * KEEP_OVERFLOW + 1 {
+            shared.push(message(&format!("ack/{i}"), true));
+        }
+        assert_eq!(shared.counters().queued, 2 * KEEP_OVERFLOW);
+        assert_eq!(shared.pop().unwrap().topic, "ack/1");
     }
 
     #[test]

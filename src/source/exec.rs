@@ -7,16 +7,21 @@
 //! with SIGTERM (gstreamer's camera daemon wants a chance to release the sensor), then SIGKILL.
 //! When the child exits or closes stdout, the source logs it and starts it again after a backoff
 //! that resets once a child has run fine for a while; its stderr goes to the log, line by line.
+//!
+//! At shutdown the daemon does not wait for the capture thread (a child that writes nothing
+//! blocks its read forever): it calls the source's [`Interrupt`], which signals the child's
+//! group from the stopping thread and forbids restarts, so no child outlives the daemon.
 
 use super::mjpeg::MjpegSplitter;
 use super::{
-    Backoff, Frame, FrameData, FrameSource, FrameStamper, HealthProbe, HealthState, Sleeper,
-    SourceError,
+    Backoff, Frame, FrameData, FrameSource, FrameStamper, HealthProbe, HealthState, Interrupt,
+    Sleeper, SourceError,
 };
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -56,6 +61,39 @@ pub struct ExecSource {
     /// The child's last stderr line, quoted in health when it dies.
     last_stderr: Arc<Mutex<String>>,
     read_buf: Vec<u8>,
+    /// What another thread needs to stop the child (see [`ExecInterrupt`]).
+    shared: Arc<ExecInterrupt>,
+}
+
+/// Stops an [`ExecSource`] from another thread: marks it stopping (no more restarts) and signals
+/// the running child's process group.
+#[derive(Default)]
+pub struct ExecInterrupt {
+    /// The running child's group id. Cleared, under this lock, before the child is reaped, so a
+    /// signal sent while holding it can never reach a reused pid.
+    group: Mutex<Option<libc::pid_t>>,
+    stopping: AtomicBool,
+}
+
+impl Interrupt for ExecInterrupt {
+    fn interrupt(&self, force: bool) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let group = self.group.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(pgid) = *group {
+            signal_group(pgid, if force { libc::SIGKILL } else { libc::SIGTERM });
+        }
+    }
+}
+
+impl ExecInterrupt {
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    fn set_group(&self, pid: Option<u32>) {
+        let mut group = self.group.lock().unwrap_or_else(|p| p.into_inner());
+        *group = pid.and_then(|p| libc::pid_t::try_from(p).ok());
+    }
 }
 
 impl ExecSource {
@@ -76,6 +114,7 @@ impl ExecSource {
             sleeper: super::real_sleeper(),
             last_stderr: Arc::new(Mutex::new(String::new())),
             read_buf: vec![0; 64 * 1024],
+            shared: Arc::new(ExecInterrupt::default()),
         };
         source.start_child().map_err(|source| SourceError::Spawn {
             command: command.to_string(),
@@ -109,6 +148,7 @@ impl ExecSource {
             stop_group(&mut child);
             return Err(std::io::Error::other("child has no stdout pipe"));
         };
+        self.shared.set_group(Some(child.id()));
         let stderr_done = stderr.and_then(|e| self.forward_stderr(e, child.id()));
         if self.spawned_once {
             self.probe.update(|h| h.restarts += 1);
@@ -170,7 +210,12 @@ impl ExecSource {
             return;
         };
         drop(run.stdout);
+        self.shared.set_group(None);
         let status = stop_group(&mut run.child);
+        if self.shared.stopping() {
+            log::info!("{}: stopped, child {}", self.label, describe_status(status));
+            return;
+        }
         let ran = run.started.elapsed();
         // The group is gone, so stderr is at EOF: let the reader log the last lines first (bounded,
         // in case something outside the group inherited the pipe).
@@ -212,6 +257,14 @@ impl ExecSource {
 impl FrameSource for ExecSource {
     fn next_frame(&mut self) -> Result<Option<Frame>, SourceError> {
         loop {
+            if self.shared.stopping() {
+                // Shutdown: the child was signalled from the stopping thread; end, do not restart.
+                if let Some(mut run) = self.running.take() {
+                    self.shared.set_group(None);
+                    stop_group(&mut run.child);
+                }
+                return Ok(None);
+            }
             if let Some(jpeg) = self.pending.pop_front() {
                 return Ok(Some(
                     self.stamper.stamp(FrameData::Encoded(jpeg), &self.probe),
@@ -266,12 +319,17 @@ impl FrameSource for ExecSource {
     fn health_probe(&self) -> HealthProbe {
         self.probe.clone()
     }
+
+    fn interrupter(&self) -> Option<Arc<dyn Interrupt>> {
+        Some(self.shared.clone())
+    }
 }
 
 impl Drop for ExecSource {
     fn drop(&mut self) {
         if let Some(mut run) = self.running.take() {
             drop(run.stdout);
+            self.shared.set_group(None);
             let status = stop_group(&mut run.child);
             log::info!("{}: stopped, child {}", self.label, describe_status(status));
         }
@@ -393,6 +451,38 @@ mod tests {
         // init reaps them: wait (bounded) for the group to hold no live process.
         let alive = wait_for(|| live_group_members(pid), Vec::is_empty);
         assert!(alive.is_empty(), "group {pid} survived the drop: {alive:?}");
+    }
+
+    #[test]
+    fn interrupt_ends_a_blocked_read_and_prevents_a_restart() {
+        // A child that never writes: `next_frame` blocks in read(2) until the group is signalled.
+        let mut s = ExecSource::spawn("sleep 60 | sleep 60", fast_backoff())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let Some(pid) = s.pid() else {
+            panic!("no child");
+        };
+        let members = wait_for(|| live_group_members(pid), |m| m.len() == 3);
+        assert_eq!(members.len(), 3, "sh and two sleeps: {members:?}");
+        let Some(interrupter) = s.interrupter() else {
+            panic!("an exec source must be interruptible");
+        };
+        let reader = std::thread::spawn(move || {
+            let frame = s.next_frame().map(|f| f.map(|f| f.id));
+            (frame, s.pid(), s.health().restarts)
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        interrupter.interrupt(false);
+        let alive = wait_for(|| live_group_members(pid), Vec::is_empty);
+        assert!(
+            alive.is_empty(),
+            "group {pid} survived the interrupt: {alive:?}"
+        );
+        let Ok((frame, running, restarts)) = reader.join() else {
+            panic!("the reader thread panicked");
+        };
+        assert!(matches!(frame, Ok(None)), "{frame:?}");
+        assert_eq!(running, None, "no child may run after an interrupt");
+        assert_eq!(restarts, 0, "no restart after an interrupt");
     }
 
     /// Polls `get` until `done` holds or 5 s pass; returns the last value.

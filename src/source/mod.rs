@@ -29,7 +29,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// One captured frame.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,7 +37,11 @@ pub struct Frame {
     /// Monotonically increasing per source, across reconnects and restarts (operators label
     /// "frame 1234", so an id must never be reused by the same source).
     pub id: u64,
+    /// Wall-clock time of arrival, for display only (`captured_at_ms`): a board without an RTC
+    /// boots in 1970 and jumps when NTP syncs.
     pub captured_at: SystemTime,
+    /// Monotonic time of arrival: latencies are measured from this, never from `captured_at`.
+    pub received: Instant,
     pub data: FrameData,
 }
 
@@ -134,6 +138,7 @@ impl FrameStamper {
         Frame {
             id,
             captured_at: SystemTime::now(),
+            received: Instant::now(),
             data,
         }
     }
@@ -171,6 +176,20 @@ pub trait FrameSource: Send {
     fn health(&self) -> SourceHealth {
         self.health_probe().get()
     }
+
+    /// A handle that another thread uses at shutdown to end a `next_frame` blocked on something
+    /// outside the process (an `exec:` child that writes nothing), and to stop what the source
+    /// started even if the capture thread never returns. `None`: nothing to interrupt.
+    fn interrupter(&self) -> Option<Arc<dyn Interrupt>> {
+        None
+    }
+}
+
+/// Ends a source's blocking read from another thread (see [`FrameSource::interrupter`]).
+pub trait Interrupt: Send + Sync {
+    /// Asks the source to stop: no restart after this; its processes get SIGTERM, or SIGKILL
+    /// when `force`.
+    fn interrupt(&self, force: bool);
 }
 
 #[derive(Debug, thiserror::Error)]

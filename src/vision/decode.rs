@@ -224,7 +224,7 @@ pub fn decode_raw(
             why: "zero size",
         });
     }
-    if format == PixelFormat::Yuyv && width % 2 != 0 {
+    if format == PixelFormat::Yuyv && !width.is_multiple_of(2) {
         // A YUYV macro-pixel covers two columns; V4L2 never negotiates an odd width for it.
         return Err(PreprocessError::BadFrameGeometry {
             format,

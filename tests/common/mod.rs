@@ -29,6 +29,8 @@ pub struct Mosquitto {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// Keep retained messages and sessions on disk across restarts (as a real deployment does).
+    persistent: bool,
 }
 
 impl Mosquitto {
@@ -43,9 +45,32 @@ impl Mosquitto {
             child: None,
             port: free_port(),
             dir,
+            persistent: false,
         };
         broker.spawn();
         broker
+    }
+
+    /// Like [`Mosquitto::start`], with persistence on: retained messages and persistent
+    /// sessions survive [`Mosquitto::restart_graceful`].
+    pub fn start_persistent() -> Mosquitto {
+        let mut broker = Mosquitto::start();
+        broker.stop();
+        broker.persistent = true;
+        broker.spawn();
+        broker
+    }
+
+    /// SIGTERM (Mosquitto saves its persistence file), wait for the exit, start again.
+    pub fn restart_graceful(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling our own child process by its pid.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
+            let _ = child.wait();
+        }
+        self.spawn();
     }
 
     pub fn port(&self) -> u16 {
@@ -80,8 +105,16 @@ impl Mosquitto {
         let config = self.dir.path().join("mosquitto.conf");
         // `user root`: when the tests run as root, Mosquitto would otherwise switch to a
         // `mosquitto` user that may not exist; as non-root the option is ignored.
+        let persistence = if self.persistent {
+            format!(
+                "persistence true\npersistence_location {}/\n",
+                self.dir.path().display()
+            )
+        } else {
+            "persistence false\n".to_string()
+        };
         let text = format!(
-            "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\n\
+            "listener {} 127.0.0.1\nallow_anonymous true\n{persistence}user root\n\
              log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n",
             self.port
         );
@@ -314,8 +347,13 @@ impl Subscriber {
 
     /// Publishes through this client (QoS 1). Fails if the client's queue is full.
     pub fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>, retain: bool) {
+        self.publish_qos(topic, payload, QoS::AtLeastOnce, retain);
+    }
+
+    /// Publishes through this client at `qos`. Fails if the client's queue is full.
+    pub fn publish_qos(&self, topic: &str, payload: impl Into<Vec<u8>>, qos: QoS, retain: bool) {
         self.client
-            .try_publish(topic, QoS::AtLeastOnce, retain, payload.into())
+            .try_publish(topic, qos, retain, payload.into())
             .expect("test client publish queue");
     }
 }
@@ -373,4 +411,24 @@ pub fn build_example(name: &str) -> PathBuf {
         .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == name)
         .find_map(|v| v["executable"].as_str().map(PathBuf::from))
         .unwrap_or_else(|| panic!("cargo built example {name} but reported no executable"))
+}
+
+/// The first `n` photos (sorted by name) of a class of the real rock-paper-scissors set in
+/// ../shared/datasets/rps_full. Panics, naming the folder, when there are fewer.
+pub fn rps_full_photos(class: &str, n: usize) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/datasets/rps_full")
+        .join(class);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("test data {} is missing: {e}", dir.display()))
+        .map(|e| e.expect("dir entry").path())
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= n,
+        "{} has fewer than {n} photos",
+        dir.display()
+    );
+    files.truncate(n);
+    files
 }

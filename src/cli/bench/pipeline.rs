@@ -134,7 +134,9 @@ pub(super) fn start_replay(
     };
     // Capacity 16 as in the daemon.
     let (events_tx, mut events) = mpsc::channel(16);
-    let pipeline = Pipeline::start(source, backbone, head, settings, events_tx)
+    // A benchmark has no supervisor to restart it: a panicking stage shows in its own output.
+    let (deaths, _) = mpsc::unbounded_channel();
+    let pipeline = Pipeline::start(source, backbone, head, settings, events_tx, deaths)
         .context("cannot start the pipeline threads")?;
     let drain = std::thread::spawn(move || while events.blocking_recv().is_some() {});
     Ok((pipeline, drain))

@@ -124,6 +124,7 @@ impl Guard<'_> {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // the trainer's plain inputs; a struct would only rename them
 pub(super) fn fit(
     train: &Normalized,
     val: &Normalized,
@@ -131,6 +132,7 @@ pub(super) fn fit(
     k: usize,
     l2: f32,
     cfg: &TrainConfig,
+    start: Option<Vec<f32>>,
     progress: &mut dyn FnMut(TrainProgress),
 ) -> Fit {
     let (d, n) = (train.dim, train.len());
@@ -154,8 +156,23 @@ pub(super) fn fit(
         probs: vec![0.0; val.len() * k],
     });
 
-    // Zero start: the problem is convex, and a fixed start keeps the result deterministic.
-    let mut theta = vec![0f32; size];
+    // Zero start unless warm: the problem is convex, and a fixed start keeps the result a
+    // deterministic function of the data (and of the warm head).
+    let warm = start.is_some();
+    let mut theta = start
+        .filter(|t| t.len() == size)
+        .unwrap_or_else(|| vec![0f32; size]);
+    // A safe first step from a warm start, which is near the optimum: 1 / (a bound on the
+    // curvature). The softmax cross-entropy Hessian is at most 1/2 |z|^2 per sample (weights sum
+    // to 1), plus the L2 term.
+    let curvature = 0.5
+        * train
+            .x
+            .chunks_exact(d.max(1))
+            .zip(weights)
+            .map(|(row, &w)| f64::from(w) * dot(row, row))
+            .sum::<f64>()
+        + f64::from(l2);
     let mut grad = vec![0f32; size];
     let mut loss = objective.eval(&theta, &mut grad);
     let mut history: Vec<(Vec<f32>, Vec<f32>, f64)> = Vec::with_capacity(MEMORY); // (s, y, 1/(y.s))
@@ -165,9 +182,10 @@ pub(super) fn fit(
     let mut stop_reason = StopReason::MaxIterations;
     let mut iterations = 0;
     let mut stalled = 0;
+    let tolerance = cfg.gradient_tolerance.unwrap_or(GRADIENT_TOLERANCE);
 
     while iterations < cfg.max_iterations {
-        if grad.iter().fold(0f32, |m, g| m.max(g.abs())) < GRADIENT_TOLERANCE {
+        if grad.iter().fold(0f32, |m, g| m.max(g.abs())) < tolerance {
             stop_reason = StopReason::Converged;
             break;
         }
@@ -182,7 +200,9 @@ pub(super) fn fit(
             slope = dot(&grad, &direction);
         }
         // The first step has no curvature information: scale it to a unit-length move.
-        let mut step = if history.is_empty() {
+        let mut step = if history.is_empty() && warm {
+            (1.0 / curvature.max(1e-12)).min(1.0 / slope.abs().sqrt().max(1e-12))
+        } else if history.is_empty() {
             1.0 / slope.abs().sqrt().max(1e-12)
         } else {
             1.0

@@ -219,7 +219,7 @@ pub(super) fn fit(
         let val_accuracy = if val.len() > 0 {
             net.forward(&val.x, val.len(), &mut val_hid, &mut val_probs);
             let (val_loss, accuracy) = loss_and_accuracy(&val_probs, &val.labels, k);
-            if best.as_ref().map_or(true, |(b, _)| val_loss < *b) {
+            if best.as_ref().is_none_or(|(b, _)| val_loss < *b) {
                 best = Some((val_loss, net.layers()));
                 since_best = 0;
             } else {

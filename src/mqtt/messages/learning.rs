@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use crate::learn::gate::GateDecision;
 use crate::learn::metrics::Evaluation;
 
-/// `accepted | duplicate | rejected` for samples; commands also use `accepted` / `rejected`.
+/// `accepted | duplicate | rejected`: a sample already stored, or a command id already executed,
+/// is `duplicate`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AckStatus {
@@ -37,6 +38,10 @@ pub struct Ack {
     /// `labels`: every label and its count.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub labels: Option<BTreeMap<String, u64>>,
+    /// `labels`: the largest sample payload the device accepts (`learning.max_sample_bytes`), so
+    /// `glimpse send` refuses a larger file before publishing it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub max_sample_bytes: Option<u64>,
     /// `retrain` / `rollback`: the head version now active.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub head_version: Option<u64>,

@@ -31,8 +31,25 @@ pub struct Stats {
     /// Outgoing messages dropped because the broker was away and the outbox was full.
     #[serde(default)]
     pub mqtt_dropped: u64,
+    /// Incoming messages not run, since start: the three below, plus those whose topic did not
+    /// parse and those lost while stopping. Each sample or command among them got a
+    /// `rejected` ack where its topic allowed one.
+    #[serde(default)]
+    pub incoming_dropped: u64,
+    /// Over `mqtt.max_packet_bytes` (skipped unread, acked `rejected: too large`).
+    #[serde(default)]
+    pub incoming_too_large: u64,
+    /// Retained deliveries on sample and command topics (acked `rejected: retained`).
+    #[serde(default)]
+    pub incoming_retained: u64,
+    /// Refused because the device was busy (acked `rejected`, reason `the device is busy`).
+    #[serde(default)]
+    pub incoming_busy: u64,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub head_version: Option<u64>,
+    /// Bytes free for the daemon on the state directory's filesystem (samples, heads, exports).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub state_free_bytes: Option<u64>,
 }
 
 #[cfg(test)]
@@ -68,7 +85,12 @@ mod tests {
             uptime_s: 3600,
             broker_reconnects: 1,
             mqtt_dropped: 0,
+            incoming_dropped: 3,
+            incoming_too_large: 1,
+            incoming_retained: 1,
+            incoming_busy: 1,
             head_version: None,
+            state_free_bytes: None,
         };
         let value = serde_json::to_value(&s).unwrap();
         assert_eq!(
@@ -81,7 +103,8 @@ mod tests {
                     "decode": {"median_ms": 2.0, "p95_ms": 3.0}
                 },
                 "rss_bytes": 120_000_000, "uptime_s": 3600,
-                "broker_reconnects": 1, "mqtt_dropped": 0
+                "broker_reconnects": 1, "mqtt_dropped": 0, "incoming_dropped": 3,
+                "incoming_too_large": 1, "incoming_retained": 1, "incoming_busy": 1
             })
         );
         assert_eq!(serde_json::from_value::<Stats>(value).unwrap(), s);

@@ -1,0 +1,134 @@
+//! The samples archive on the device: every sample's thumbnail and label in
+//! `<state_dir>/exports/samples-<ms>.tar`. One archive at a time: writing a new one removes the
+//! previous ones first, a failed write removes its temp file, and the daemon deletes the archive
+//! once it is published, so exports never fill the disk.
+
+use std::path::{Path, PathBuf};
+
+use crate::mqtt::messages::now_unix_ms;
+
+/// The folder under the state directory.
+pub const EXPORTS_DIR: &str = "exports";
+const TMP: &str = ".export.tmp";
+
+/// Writes `(id, label, thumbnail)` rows into a new archive in `state_dir/exports`; returns its
+/// path and size. Any earlier archive there is deleted first.
+pub fn write_archive(
+    state_dir: &Path,
+    rows: &[(String, String, Vec<u8>)],
+) -> Result<(PathBuf, u64), String> {
+    let dir = state_dir.join(EXPORTS_DIR);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    remove_archives(&dir);
+    write_to(&dir, &format!("samples-{}.tar", now_unix_ms()), rows)
+}
+
+fn write_to(
+    dir: &Path,
+    name: &str,
+    rows: &[(String, String, Vec<u8>)],
+) -> Result<(PathBuf, u64), String> {
+    let path = dir.join(name);
+    let tmp = dir.join(TMP);
+    let write = || -> std::io::Result<()> {
+        let file = std::fs::File::create(&tmp)?;
+        let mut tar = tar::Builder::new(file);
+        let mut index = String::from("file\tlabel\tid\n");
+        for (i, (id, label, thumbnail)) in rows.iter().enumerate() {
+            let name = format!("{}/{i:06}.jpg", safe_dir_name(label));
+            append(&mut tar, &name, thumbnail)?;
+            index.push_str(&format!("{name}\t{label}\t{id}\n"));
+        }
+        append(&mut tar, "index.tsv", index.as_bytes())?;
+        tar.into_inner()?.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(format!("cannot write {}: {e}", path.display()));
+    }
+    let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    log::info!(
+        "exported {} samples to {} ({bytes} bytes)",
+        rows.len(),
+        path.display()
+    );
+    Ok((path, bytes))
+}
+
+/// Deletes earlier archives and a temp file a crash may have left.
+fn remove_archives(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == TMP || (name.starts_with("samples-") && name.ends_with(".tar")) {
+            if let Err(e) = std::fs::remove_file(entry.path()) {
+                log::warn!("cannot remove old export {}: {e}", entry.path().display());
+            }
+        }
+    }
+}
+
+fn append(tar: &mut tar::Builder<std::fs::File>, name: &str, data: &[u8]) -> std::io::Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(data.len() as u64);
+    header.set_mode(0o644);
+    header.set_mtime(now_unix_ms() / 1000);
+    header.set_cksum();
+    tar.append_data(&mut header, name, data)
+}
+
+/// A label as one safe path component (labels may be `..` or contain `\`).
+fn safe_dir_name(label: &str) -> String {
+    let cleaned: String = label
+        .chars()
+        .map(|c| if c == '\\' { '_' } else { c })
+        .collect();
+    if cleaned == "." || cleaned == ".." {
+        format!("_{cleaned}")
+    } else {
+        cleaned
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir.join(EXPORTS_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn one_archive_at_a_time_and_no_temp_file_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = vec![("id1".to_string(), "..".to_string(), b"jpg".to_vec())];
+        let (first, _) = write_archive(dir.path(), &rows).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let (second, bytes) = write_archive(dir.path(), &rows).unwrap();
+        assert_ne!(first, second);
+        assert!(!first.exists() && second.exists() && bytes > 0);
+        let mut archive = tar::Archive::new(std::fs::File::open(&second).unwrap());
+        let entries: Vec<String> = archive
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        assert_eq!(entries, ["_../000000.jpg", "index.tsv"]);
+        // A write that fails at the last step (the archive's name is taken by a non-empty
+        // directory, so the rename fails) leaves no temp file behind.
+        std::fs::remove_file(&second).unwrap();
+        let exports = dir.path().join(EXPORTS_DIR);
+        std::fs::create_dir_all(exports.join("taken.tar/x")).unwrap();
+        let err = write_to(&exports, "taken.tar", &rows).unwrap_err();
+        assert!(err.contains("taken.tar"), "{err}");
+        assert_eq!(names(dir.path()), ["taken.tar"]);
+    }
+}

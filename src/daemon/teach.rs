@@ -1,0 +1,318 @@
+//! The MQTT side of teaching: received samples and commands become typed [`LearnRequest`]s
+//! (payload checks, label rules, JSON forms, recent-frame lookup; refusals answered at once), and
+//! the learner's [`LearnEvent`]s become messages on the device's topics. The learner itself knows
+//! no topic, retain flag, packet size or JSON.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use super::learner::{LearnEvent, LearnRequest, SampleContent, SampleRequest};
+use super::recent::RecentFrames;
+use crate::config::LearningConfig;
+use crate::learn::cache::content_hash;
+use crate::learn::ingest::{
+    check_payload_size, json_id_hint, parse_json_sample, validate_label, Rejection,
+    SampleContent as JsonContent, SampleLimits,
+};
+use crate::mqtt::link::Received;
+use crate::mqtt::messages::learning::{parse_command, Ack, AckStatus};
+use crate::mqtt::topics::{Incoming, Outgoing};
+
+/// One message for the publisher.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outbound {
+    pub kind: Outgoing,
+    pub payload: Vec<u8>,
+}
+
+impl Outbound {
+    pub fn json<T: serde::Serialize>(kind: Outgoing, value: &T) -> Outbound {
+        Outbound {
+            kind,
+            payload: serde_json::to_vec(value).unwrap_or_default(),
+        }
+    }
+
+    pub fn ack(ack: &Ack) -> Outbound {
+        Outbound::json(Outgoing::Ack, ack)
+    }
+}
+
+/// Turns a received message into a learner request, or the ack that refuses it.
+pub fn request(
+    received: Received,
+    learning: &LearningConfig,
+    limits: &SampleLimits,
+    recent: &Mutex<RecentFrames>,
+) -> Result<LearnRequest, Box<Ack>> {
+    match received.incoming {
+        Incoming::Command { name } => {
+            let (id, parsed) = parse_command(&name, &received.payload);
+            let refuse = |reason: String| {
+                log::info!("command {name} rejected: {reason}");
+                Ack::command(id.clone(), &name, AckStatus::Rejected).with_reason(reason)
+            };
+            match parsed {
+                Err(reason) => Err(Box::new(refuse(reason))),
+                Ok(_) if !learning.enabled => {
+                    Err(Box::new(refuse(Rejection::Disabled.to_string())))
+                }
+                Ok(command) => Ok(LearnRequest::Command { id, name, command }),
+            }
+        }
+        Incoming::SampleImage { label } => {
+            let hash = content_hash(&received.payload);
+            let refuse = |r: Rejection| {
+                log::info!("sample on {} rejected: {r}", received.topic);
+                Ack::sample(Some(hash.clone()), Some(label.clone()), AckStatus::Rejected)
+                    .with_reason(r.to_string())
+            };
+            let checks = || {
+                if !learning.enabled {
+                    return Err(Rejection::Disabled);
+                }
+                check_payload_size(received.payload.len(), limits)?;
+                validate_label(&label)
+            };
+            checks().map_err(|r| Box::new(refuse(r)))?;
+            Ok(LearnRequest::Sample(SampleRequest {
+                id: hash.clone(),
+                label,
+                source: "image",
+                content_hash: hash,
+                content: SampleContent::Image(received.payload),
+            }))
+        }
+        Incoming::SampleJson => {
+            json_sample(&received.payload, learning, limits, recent).map_err(|r| {
+                log::info!("sample on {} rejected: {r}", received.topic);
+                Box::new(
+                    Ack::sample(json_id_hint(&received.payload), None, AckStatus::Rejected)
+                        .with_reason(r.to_string()),
+                )
+            })
+        }
+    }
+}
+
+fn json_sample(
+    payload: &[u8],
+    learning: &LearningConfig,
+    limits: &SampleLimits,
+    recent: &Mutex<RecentFrames>,
+) -> Result<LearnRequest, Rejection> {
+    if !learning.enabled {
+        return Err(Rejection::Disabled);
+    }
+    let sample = parse_json_sample(payload, limits)?;
+    let request = match sample.content {
+        JsonContent::Image(bytes) => {
+            let hash = content_hash(&bytes);
+            SampleRequest {
+                id: sample.id.unwrap_or_else(|| hash.clone()),
+                label: sample.label,
+                source: "json",
+                content_hash: hash,
+                content: SampleContent::Image(bytes),
+            }
+        }
+        JsonContent::Frame(frame_id) => {
+            let recent = recent.lock().unwrap_or_else(|p| p.into_inner());
+            let frame = recent
+                .get(frame_id)
+                .ok_or(Rejection::UnknownFrame(frame_id))?;
+            let bytes: Vec<u8> = frame
+                .embedding
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            SampleRequest {
+                id: sample.id.unwrap_or_else(|| format!("frame-{frame_id}")),
+                label: sample.label,
+                source: "frame",
+                content_hash: content_hash(&bytes),
+                content: SampleContent::Embedding {
+                    embedding: frame.embedding.clone(),
+                    thumbnail: frame.thumbnail.clone(),
+                },
+            }
+        }
+    };
+    Ok(LearnRequest::Sample(request))
+}
+
+/// The ack for a request the learner could not take (its queue is full).
+pub fn busy(request: &LearnRequest) -> Ack {
+    request
+        .refusal()
+        .with_reason(Rejection::Busy("ingest queue full".into()).to_string())
+}
+
+/// What the daemon must do for one learner event: messages to publish, in order, and whether
+/// the head's classes may have changed (Home Assistant discovery is then republished).
+#[derive(Debug, Default)]
+pub struct Effects {
+    pub messages: Vec<Outbound>,
+    pub head_changed: bool,
+}
+
+/// Maps a learner event to what gets published. `max_publish_bytes` is the largest export
+/// archive one MQTT message may carry; a published archive is deleted from the device.
+pub fn effects(event: LearnEvent, max_publish_bytes: usize) -> Effects {
+    match event {
+        LearnEvent::Ack(ack) => Effects {
+            messages: vec![Outbound::ack(&ack)],
+            head_changed: false,
+        },
+        LearnEvent::Report(report) => Effects {
+            messages: vec![Outbound::json(Outgoing::Report, &report)],
+            head_changed: false,
+        },
+        LearnEvent::HeadChanged { .. } => Effects {
+            messages: Vec::new(),
+            head_changed: true,
+        },
+        LearnEvent::Export {
+            path,
+            bytes,
+            publish,
+            mut ack,
+        } => {
+            let mut messages = Vec::new();
+            if publish {
+                match read_export(&path, bytes, max_publish_bytes) {
+                    Ok(payload) => {
+                        messages.push(Outbound {
+                            kind: Outgoing::Export,
+                            payload,
+                        });
+                        ack.published = Some(true);
+                        // Handed to the MQTT outbox: the device keeps no copy.
+                        if let Err(e) = std::fs::remove_file(&path) {
+                            log::warn!("cannot delete {} after publishing: {e}", path.display());
+                        }
+                    }
+                    Err(reason) => {
+                        ack.published = Some(false);
+                        ack.reason = Some(reason);
+                    }
+                }
+            }
+            messages.push(Outbound::ack(&ack));
+            Effects {
+                messages,
+                head_changed: false,
+            }
+        }
+    }
+}
+
+fn read_export(path: &Path, bytes: u64, max: usize) -> Result<Vec<u8>, String> {
+    if bytes > max as u64 {
+        return Err(format!(
+            "the archive is {bytes} bytes, over the {max} bytes one MQTT message may carry \
+             (mqtt.max_packet_bytes); copy {} from the device",
+            path.display()
+        ));
+    }
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mqtt::messages::learning::Command;
+
+    fn limits() -> SampleLimits {
+        let l = LearningConfig::default();
+        SampleLimits {
+            max_bytes: l.max_sample_bytes,
+            max_pixels: l.max_sample_pixels,
+            max_per_label: l.max_per_label,
+            max_total: l.max_total,
+            max_labels: l.max_labels,
+        }
+    }
+
+    fn received(incoming: Incoming, payload: &[u8]) -> Received {
+        Received::new("t", incoming, payload.to_vec())
+    }
+
+    #[test]
+    fn samples_and_commands_become_typed_requests_or_refusals() {
+        let recent = Mutex::new(RecentFrames::new(4));
+        let learning = LearningConfig::default();
+        let image = received(
+            Incoming::SampleImage {
+                label: "cat".into(),
+            },
+            b"jpegish",
+        );
+        let Ok(LearnRequest::Sample(s)) = request(image, &learning, &limits(), &recent) else {
+            panic!("an image sample is a request");
+        };
+        assert_eq!(
+            (s.id.as_str(), s.source),
+            (s.content_hash.as_str(), "image")
+        );
+        let bad = received(
+            Incoming::SampleImage {
+                label: "a/b".into(),
+            },
+            b"x",
+        );
+        let ack = request(bad, &learning, &limits(), &recent).unwrap_err();
+        assert!(ack.reason.unwrap().contains("not allowed"));
+        let frame = received(
+            Incoming::SampleJson,
+            br#"{"id":"f","label":"x","frame_id":9}"#,
+        );
+        let ack = request(frame, &learning, &limits(), &recent).unwrap_err();
+        assert_eq!(ack.id.as_deref(), Some("f"));
+        let cmd = || {
+            received(
+                Incoming::Command {
+                    name: "retrain".into(),
+                },
+                br#"{"id":"r","force":true}"#,
+            )
+        };
+        assert_eq!(
+            request(cmd(), &learning, &limits(), &recent).unwrap(),
+            LearnRequest::Command {
+                id: Some("r".into()),
+                name: "retrain".into(),
+                command: Command::Retrain { force: true }
+            }
+        );
+        let off = LearningConfig {
+            enabled: false,
+            ..LearningConfig::default()
+        };
+        let ack = request(cmd(), &off, &limits(), &recent).unwrap_err();
+        assert!(ack.reason.unwrap().contains("disabled"));
+    }
+
+    #[test]
+    fn a_published_export_is_deleted_and_a_large_one_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("samples-1.tar");
+        std::fs::write(&path, b"archive").unwrap();
+        let event = |path: &Path| LearnEvent::Export {
+            path: path.to_path_buf(),
+            bytes: 7,
+            publish: true,
+            ack: Ack::command(None, "export", AckStatus::Accepted),
+        };
+        let too_small = effects(event(&path), 3);
+        assert_eq!(too_small.messages.len(), 1);
+        assert!(path.exists());
+        let fits = effects(event(&path), 1000);
+        assert_eq!(fits.messages[0].kind, Outgoing::Export);
+        assert_eq!(fits.messages[0].payload, b"archive");
+        assert!(!path.exists());
+        let ack: Ack = serde_json::from_slice(&fits.messages[1].payload).unwrap();
+        assert_eq!(ack.published, Some(true));
+        assert!(effects(LearnEvent::HeadChanged { version: None }, 0).head_changed);
+    }
+}
