@@ -112,6 +112,10 @@ pub struct LearningConfig {
     /// A label the active head does not know is imprinted into it (served at once, refined by
     /// the next training) when it has this many samples; 0 = wait for the training.
     pub imprint_after: u64,
+    /// Threads one retrain uses: 2 fits the deployed head on a second thread while the gate's
+    /// candidate trains (both at the learner's low priority, so frames still come first); 1 =
+    /// one after the other.
+    pub train_threads: usize,
     /// Largest sample payload (image bytes, or the whole JSON message), in bytes.
     pub max_sample_bytes: usize,
     /// Largest sample image, in pixels (width * height), checked before decoding.
@@ -143,6 +147,7 @@ impl Default for LearningConfig {
             retrain_quiet_ms: 1000,
             keep_heads: 10,
             imprint_after: 5,
+            train_threads: 2,
             max_sample_bytes: 4 << 20,
             max_sample_pixels: 25_000_000,
             max_per_label: 5_000,
@@ -187,9 +192,25 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     pub learning: LearningConfig,
     pub log: LogConfig,
+    /// `(dotted key, variable)` for each key a `GLIMPSE_*` variable set: messages about those
+    /// keys name the variable, since the file may not even mention them.
+    #[serde(skip)]
+    pub set_by_env: Vec<(String, String)>,
 }
 
 impl Config {
+    /// `message` with each key a `GLIMPSE_*` variable set written as `VARIABLE (key)`, so that a
+    /// later check (the model file, the state directory) names where the bad value came from.
+    pub fn name_variables(&self, message: &str) -> String {
+        let mut out = message.to_string();
+        for (key, var) in &self.set_by_env {
+            if out.contains(key.as_str()) && !out.contains(var.as_str()) {
+                out = out.replacen(key.as_str(), &format!("{var} ({key})"), 1);
+            }
+        }
+        out
+    }
+
     /// The resolved state directory.
     pub fn state_dir(&self) -> PathBuf {
         if let Some(dir) = &self.state_dir {
@@ -273,8 +294,9 @@ pub fn parse(
                 message: one_line(&err.into_inner().to_string()),
             }
         });
-    let config = config.map_err(|e| blame_variable(e, &overrides))?;
+    let mut config = config.map_err(|e| blame_variable(e, &overrides))?;
     validate(file, &config).map_err(|e| blame_variable(e, &overrides))?;
+    config.set_by_env = overrides;
     Ok(config)
 }
 
@@ -434,6 +456,9 @@ fn validate(file: &Path, config: &Config) -> Result<(), ConfigError> {
             &format!("must be at most {MAX_RECENT_FRAMES} (each frame holds about 10 KB)"),
         ));
     }
+    if !(1..=2).contains(&learning.train_threads) {
+        return Err(key("learning.train_threads", "must be 1 or 2"));
+    }
     if !(8..=512).contains(&learning.thumbnail_px) {
         return Err(key("learning.thumbnail_px", "must be between 8 and 512"));
     }
@@ -574,6 +599,26 @@ mod tests {
         );
         let err = error_of("state_dir = ''\n", &[]);
         assert!(err.contains("t.toml") && err.contains("state_dir"), "{err}");
+    }
+
+    #[test]
+    fn later_checks_name_the_variable_that_set_a_key() {
+        let config = parse(
+            Path::new("/etc/glimpse/glimpse.toml"),
+            "",
+            env(&[("GLIMPSE_MODEL__MANIFEST", "/nope/model.toml")]),
+        )
+        .unwrap();
+        let message = config.name_variables("model.manifest: /nope/model.toml: no such file");
+        assert_eq!(
+            message,
+            "GLIMPSE_MODEL__MANIFEST (model.manifest): /nope/model.toml: no such file"
+        );
+        let from_file = parse(Path::new("t.toml"), "", env(&[])).unwrap();
+        assert_eq!(
+            from_file.name_variables("model.manifest: x"),
+            "model.manifest: x"
+        );
     }
 
     #[test]

@@ -16,6 +16,8 @@ pub enum Fault {
     LearnerStall,
     /// The MQTT poll task returns when the first message arrives.
     MqttPollEnd,
+    /// The MQTT poll task stops polling (but does not end) when the first message arrives.
+    MqttPollHang,
 }
 
 impl Fault {
@@ -26,6 +28,7 @@ impl Fault {
             Fault::LearnerPanic => "learner-panic",
             Fault::LearnerStall => "learner-stall",
             Fault::MqttPollEnd => "mqtt-poll-end",
+            Fault::MqttPollHang => "mqtt-poll-hang",
         }
     }
 }

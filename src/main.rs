@@ -46,6 +46,8 @@ enum Command {
     Samples(cli::send::DeviceArgs),
     /// Ask a device to retrain its head now.
     Retrain(cli::send::RetrainArgs),
+    /// Delete a label's samples on a device (it retrains without the label).
+    Forget(cli::send::ForgetArgs),
     /// Ask a device to go back to its previous head version.
     Rollback(cli::send::DeviceArgs),
     /// Fetch a device's samples (thumbnails and labels) as a tar archive.
@@ -76,6 +78,7 @@ fn main() -> ExitCode {
         Command::Send(args) => cli::send::send(args),
         Command::Samples(args) => cli::send::samples(args),
         Command::Retrain(args) => cli::send::retrain(args),
+        Command::Forget(args) => cli::send::forget(args),
         Command::Rollback(args) => cli::send::rollback(args),
         Command::Export(args) => cli::export::export(args),
     };

@@ -386,6 +386,10 @@ fn broker_outage_is_survived_with_flat_memory() {
     wait_stats(&sub, "glimpse/outage/stats", &daemon, |s| {
         s["broker_reconnects"].as_u64().unwrap_or(0) >= 1
     });
+    // The space left where the store lives, for an operator watching a small eMMC fill.
+    let stats = json(&sub.messages("glimpse/outage/stats").pop().expect("stats"));
+    let free = stats["state_free_bytes"].as_u64();
+    assert!(free.is_some_and(|f| f > 0), "no state_free_bytes: {stats}");
     daemon.signal(libc::SIGTERM);
     let status = daemon.wait_exit(WAIT).expect("exit after SIGTERM");
     assert!(status.success(), "{status}:\n{}", daemon.log());
@@ -589,7 +593,7 @@ fn environment_override_changes_the_device_topic() {
 
 #[test]
 fn home_assistant_discovery_is_published_retained() {
-    let broker = Mosquitto::start();
+    let mut broker = Mosquitto::start();
     let sub = Subscriber::connect(broker.port(), &["glimpse/#", "ha/#"]);
     let setup = Setup::new();
     let extra = "[mqtt.homeassistant]\nenabled = true\ndiscovery_prefix = 'ha'";
@@ -615,6 +619,18 @@ fn home_assistant_discovery_is_published_retained() {
             .is_some_and(|t| t.starts_with("glimpse/hatest/")),
         "{v}"
     );
+    drop(late);
+
+    // A broker without persistence forgets retained messages when it restarts: the device
+    // publishes its configs again on the new connection.
+    broker.restart();
+    sub.wait_subscribed(2);
+    sub.expect("glimpse/hatest/availability", b"online");
+    let after_restart = Subscriber::connect(broker.port(), &["ha/#"]);
+    let again = after_restart
+        .wait_for(WAIT, |m| m.topic.starts_with("ha/sensor/hatest/"))
+        .unwrap_or_else(|| panic!("no discovery after the broker restart:\n{}", daemon.log()));
+    assert!(again.retain, "republished configs must be retained");
     daemon.assert_running();
 }
 

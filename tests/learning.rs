@@ -864,3 +864,67 @@ fn a_new_label_is_served_without_a_command() {
     );
     daemon.stop();
 }
+
+/// The classes of the active head version, read from the store after the daemon stopped.
+fn active_head_classes(state: &Path) -> Vec<String> {
+    let conn = rusqlite::Connection::open(state.join("glimpse.db")).unwrap();
+    let report: String = conn
+        .query_row("SELECT report FROM heads WHERE active = 1", [], |r| {
+            r.get(0)
+        })
+        .expect("an active head");
+    let report: Value = serde_json::from_str(&report).unwrap();
+    report["classes"]
+        .as_array()
+        .expect("classes")
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// kill -9 at several moments after `cmd/forget`: after the restart, either the forget never
+/// happened (the samples are there, and a second forget works) or it is finished (the active
+/// head no longer knows the class). Never the old head over a store without the class.
+#[test]
+fn a_forget_cut_short_by_kill_9_is_finished_or_undone() {
+    let broker = Mosquitto::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let idle = idle_source(tmp.path());
+    for (attempt, delay_ms) in [0u64, 40, 120, 300].into_iter().enumerate() {
+        let state = tmp.path().join(format!("state-{attempt}"));
+        let sub = Subscriber::connect(broker.port(), &[&topic("availability"), &topic("ack")]);
+        let mut daemon = Daemon::start(tmp.path(), &broker, &state, &idle, true);
+        wait_online(&sub, &daemon);
+        for class in ["paper", "rock", "scissors"] {
+            for f in class_files("rps", class).iter().take(6) {
+                let (ok, out) = glimpse(&broker, &["send", "--label", class, f.to_str().unwrap()]);
+                assert!(ok, "{out}");
+            }
+        }
+        let (ok, out) = glimpse(&broker, &["retrain", "--force"]);
+        assert!(ok, "{out}");
+        sub.clear();
+        sub.publish(&topic("cmd/forget"), r#"{"label":"rock"}"#, false);
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        daemon.kill9();
+
+        sub.clear();
+        let mut daemon = Daemon::start(tmp.path(), &broker, &state, &idle, true);
+        wait_online(&sub, &daemon);
+        let (ok, out) = glimpse(&broker, &["forget", "rock"]);
+        if ok {
+            // The first forget did not commit: this one did the work.
+            assert!(out.contains("forget: accepted"), "{out}");
+        } else {
+            assert!(out.contains("no samples labeled"), "{out}");
+        }
+        daemon.stop();
+        let classes = active_head_classes(&state);
+        assert_eq!(
+            classes,
+            ["paper", "scissors"],
+            "after kill -9 {delay_ms} ms into a forget (second forget ok: {ok}):\n{}",
+            daemon.log()
+        );
+    }
+}

@@ -176,6 +176,18 @@ fn an_ended_mqtt_task_ends_the_daemon_with_exit_1() {
 
 #[test]
 fn a_wedged_learner_stops_the_watchdog_pings_while_frames_flow() {
+    assert_wedge_stops_the_pings("learner-stall", "the learner has been on one job");
+}
+
+#[test]
+fn a_wedged_mqtt_poll_task_stops_the_watchdog_pings_while_frames_flow() {
+    assert_wedge_stops_the_pings("mqtt-poll-hang", "the MQTT link has not polled");
+}
+
+/// Starts a daemon under a fake systemd watchdog with `fault` armed, checks it pings while
+/// healthy, wedges the part with a message, and checks the pings stop (with `said` in the log)
+/// while frames keep flowing. The injected stall limit is 2 s.
+fn assert_wedge_stops_the_pings(fault: &str, said: &str) {
     let broker = Mosquitto::start();
     let sub = Subscriber::connect(broker.port(), &[&topic("#")]);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -190,7 +202,7 @@ fn a_wedged_learner_stops_the_watchdog_pings_while_frames_flow() {
         dir.path(),
         &config,
         &[
-            ("GLIMPSE_FAULT", "learner-stall"),
+            ("GLIMPSE_FAULT", fault),
             ("NOTIFY_SOCKET", notify.as_str()),
             ("WATCHDOG_USEC", "4000000"),
         ],
@@ -213,11 +225,9 @@ fn a_wedged_learner_stops_the_watchdog_pings_while_frames_flow() {
         daemon.log()
     );
     sub.publish(&topic("cmd/labels"), Vec::new(), false);
-    // The injected stall limit is 2 s: wait until the daemon says it withholds the ping, then
-    // forget the pings sent before that (they wait in the socket buffer).
-    common::wait_until("the learner stall to be noticed", || {
-        daemon.log().contains("the learner has been on one job")
-    });
+    // Wait until the daemon says it withholds the ping, then forget the pings sent before that
+    // (they wait in the socket buffer).
+    common::wait_until("the stall to be noticed", || daemon.log().contains(said));
     pings_within(Duration::from_millis(500));
     let frames_before = sub.messages(&topic("prediction")).len();
     let pings = pings_within(Duration::from_secs(6));
@@ -225,10 +235,12 @@ fn a_wedged_learner_stops_the_watchdog_pings_while_frames_flow() {
     assert_eq!(
         pings,
         0,
-        "pings went on with a wedged learner:\n{}",
+        "pings went on with a wedged {fault}:\n{}",
         daemon.log()
     );
-    assert!(frames_after > frames_before, "frames must keep flowing");
+    if fault != "mqtt-poll-hang" {
+        assert!(frames_after > frames_before, "frames must keep flowing");
+    }
 }
 
 /// Pids of live (non-zombie) processes in group `pgid`.

@@ -11,6 +11,7 @@ mod learning;
 mod pipeline;
 mod real;
 mod retrain;
+mod teaching;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -74,6 +75,10 @@ pub struct BenchArgs {
     /// --learning: timed runs of each retrain scenario.
     #[arg(long, default_value_t = 5)]
     pub retrain_runs: usize,
+    /// --learning: photos taught in the bulk-teaching scenario, twice (retraining off, then
+    /// default settings); 0 skips it.
+    #[arg(long, default_value_t = 4000)]
+    pub bulk: usize,
     /// --pipeline: synthetic JPEGs in the replayed folder.
     #[arg(long, default_value_t = 8)]
     pub pipeline_images: usize,

@@ -166,6 +166,14 @@ pub struct RetrainArgs {
     pub force: bool,
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct ForgetArgs {
+    /// The label whose samples are deleted; the device then retrains without it.
+    pub label: String,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
 /// A connected client that sees the device's acks (and, when asked, its export archives).
 pub(super) struct Session {
     client: Client,
@@ -457,6 +465,14 @@ pub fn samples(args: &DeviceArgs) -> anyhow::Result<bool> {
 pub fn retrain(args: &RetrainArgs) -> anyhow::Result<bool> {
     let session = Session::connect(&args.device)?;
     let ack = session.command("retrain", json!({ "force": args.force }))?;
+    session.close();
+    Ok(print_ack(&ack))
+}
+
+/// `glimpse forget LABEL`: deletes the label's samples on the device, which retrains without it.
+pub fn forget(args: &ForgetArgs) -> anyhow::Result<bool> {
+    let session = Session::connect(&args.device)?;
+    let ack = session.command("forget", json!({ "label": args.label }))?;
     session.close();
     Ok(print_ack(&ack))
 }

@@ -244,6 +244,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     } else {
         LEARNER_STALL
     };
+    let link_stall = if crate::fault::armed(crate::fault::Fault::MqttPollHang) {
+        Duration::from_secs(2)
+    } else {
+        MqttLink::stall_limit(&config.mqtt)
+    };
     // Set when a part died: the loop ends and the daemon exits 1 with this one-line reason.
     let mut failure: Option<String> = None;
 
@@ -296,6 +301,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                         log::warn!("no frame processed for {:?}: withholding the watchdog ping", gate.stall_window());
                     } else if learner.busy.stalled(now, learner_stall) {
                         log::warn!("the learner has been on one job for over {learner_stall:?}: withholding the watchdog ping");
+                    } else if publisher.link().poll_silent_for(now) > link_stall {
+                        log::warn!("the MQTT link has not polled for over {link_stall:?}: withholding the watchdog ping");
                     } else if let Err(err) = notifier.watchdog() {
                         log::warn!("sd_notify WATCHDOG: {err}");
                     }

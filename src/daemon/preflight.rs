@@ -18,7 +18,7 @@ pub struct Checked {
 
 /// Runs every start-up check that does not need the source or the broker.
 pub fn preflight(config: &Config) -> Result<Checked, DaemonError> {
-    let config_error = DaemonError::Config;
+    let config_error = |message: String| DaemonError::Config(config.name_variables(&message));
     // The manifest's own message names the file; the prefix names the key.
     let manifest = ModelManifest::load(&config.model.manifest)
         .map_err(|e| config_error(format!("model.manifest: {e}")))?;

@@ -216,6 +216,11 @@ impl Publisher {
     }
 
     /// Queues a learner message (ack or training report) on its topic.
+    /// The link, for the watchdog's liveness check.
+    pub fn link(&self) -> &MqttLink {
+        &self.link
+    }
+
     pub fn send(&self, message: super::teach::Outbound) {
         if let Err(err) = self.link.publish_to(message.kind, message.payload) {
             log::warn!("{}: {err}", message.kind.suffix());

@@ -169,6 +169,10 @@ struct Shared {
     too_large_incoming: AtomicU64,
     rejected_incoming: AtomicU64,
     replay_pending: AtomicUsize,
+    /// When the poll task last made progress: a poll returned, or it waited its turn on the
+    /// daemon's channel. A task that is alive but wedged stops moving this (see
+    /// [`MqttLink::poll_silent_for`]).
+    last_progress: Mutex<Instant>,
 }
 
 impl Shared {
@@ -186,7 +190,12 @@ impl Shared {
             too_large_incoming: AtomicU64::new(0),
             rejected_incoming: AtomicU64::new(0),
             replay_pending: AtomicUsize::new(0),
+            last_progress: Mutex::new(Instant::now()),
         }
+    }
+
+    fn progressed(&self) {
+        *self.last_progress.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
     }
 
     /// The queue holds plain data; a panic elsewhere while holding the lock cannot leave it
@@ -388,6 +397,24 @@ impl MqttLink {
         self.shared.connected.load(Ordering::Relaxed)
     }
 
+    /// How long the poll task has gone without progress at `now`. Connected, rumqttc's poll
+    /// returns at least once per keep-alive (the ping); disconnected, once per connect timeout
+    /// plus backoff. Far longer means the task is wedged: see [`MqttLink::stall_limit`].
+    pub fn poll_silent_for(&self, now: Instant) -> Duration {
+        let last = *self
+            .shared
+            .last_progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        now.saturating_duration_since(last)
+    }
+
+    /// The silence after which the poll task counts as wedged: three keep-alives, the longest
+    /// backoff and a connect timeout, with room to spare.
+    pub fn stall_limit(config: &MqttConfig) -> Duration {
+        Duration::from_secs(3 * config.keepalive_s + config.reconnect_backoff_max_s + 30)
+    }
+
     /// Queues a message for any topic. Never blocks; while the broker is away the message waits
     /// in the outbox (the oldest is dropped when full). Refused only if it can never be sent
     /// (over the packet limit: rumqttc would drop the whole connection for it) or during shutdown.
@@ -518,7 +545,9 @@ impl PollTask {
     async fn run(mut self) {
         let mut rng = rand::rngs::StdRng::from_entropy();
         loop {
-            match self.eventloop.poll().await {
+            let polled = self.eventloop.poll().await;
+            self.shared.progressed();
+            match polled {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     self.connected_at = Some(Instant::now());
                     self.shared.connected.store(true, Ordering::Relaxed);
@@ -534,6 +563,10 @@ impl PollTask {
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     if crate::fault::armed(crate::fault::Fault::MqttPollEnd) {
                         return; // test-only: the task ends as a bug or a panic would end it
+                    }
+                    if crate::fault::armed(crate::fault::Fault::MqttPollHang) {
+                        // test-only: the task lives on but never polls again (a wedged await)
+                        std::future::pending::<()>().await;
                     }
                     let retained = publish.retain;
                     self.hand_over(publish.topic, publish.payload.to_vec(), retained, None)
@@ -656,6 +689,8 @@ async fn deliver(incoming: &mpsc::Sender<Received>, shared: &Shared, mut receive
             Err(mpsc::error::SendTimeoutError::Timeout(r))
                 if !shared.closing.load(Ordering::Relaxed) =>
             {
+                // Waiting for the daemon is flow control, not a wedged link.
+                shared.progressed();
                 received = r;
             }
             Err(

@@ -20,20 +20,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use arc_swap::ArcSwapOption;
 use serde::Serialize;
-use tokio::sync::mpsc;
 
 use super::pipeline::{backbone_alone, start_replay, ScratchDir};
 use super::real::{RealSet, DEFAULT_DATASETS};
 use super::retrain::{RetrainFigures, ADDED_SAMPLES};
+use super::teaching::{seed_store, BulkFigures, Driver, NewLabelFigures, FRAME_FPS};
 use super::{emit, peak_rss_mb, BenchArgs, StageStats};
 use crate::config::LearningConfig;
-use crate::daemon::learner::{
-    LearnEvent, LearnRequest, Learner, LearnerSettings, SampleContent, SampleRequest,
-};
 use crate::daemon::pipeline::{HeadCell, PipelineStats};
-use crate::learn::cache::content_hash;
-use crate::mqtt::messages::learning::{Ack, AckStatus, Command};
-use crate::store::{NewSample, Store};
 use crate::vision::preprocess::synthetic_jpeg;
 
 /// Ingests timed (after 2 warm-up ones).
@@ -71,40 +65,11 @@ pub struct LearningReport {
     /// Retrains completed during the training window, and their median (cores shared).
     pub retrains_under_load: usize,
     pub retrain_under_load: StageStats,
+    /// A new label taught with default settings while frames flow (target: trained < 3 s).
+    pub new_label: NewLabelFigures,
+    /// Bulk teaching with default settings against ingest alone (target ratio <= 1.3).
+    pub bulk: Option<BulkFigures>,
     pub peak_rss_mb: Option<f64>,
-}
-
-/// The learner threads with their event channel, driven like the daemon's tokio loop drives them.
-struct Driver {
-    learner: Learner,
-    out: mpsc::Receiver<LearnEvent>,
-}
-
-impl Driver {
-    /// Submits one request and waits for its ack (other events on the way are skipped).
-    fn call(&mut self, request: LearnRequest) -> anyhow::Result<Ack> {
-        if let Err(refused) = self.learner.submit(request, None) {
-            bail!("learner refused: {:?}", refused.refusal());
-        }
-        loop {
-            if let LearnEvent::Ack(ack) = self.out.blocking_recv().context("learner stopped")? {
-                return Ok(ack);
-            }
-        }
-    }
-
-    fn retrain(&mut self) -> anyhow::Result<Duration> {
-        let started = Instant::now();
-        let ack = self.call(LearnRequest::Command {
-            id: None,
-            name: "retrain".into(),
-            command: Command::Retrain { force: true },
-        })?;
-        if ack.status != Some(AckStatus::Accepted) {
-            bail!("retrain was not accepted: {:?}", ack.reason);
-        }
-        Ok(started.elapsed())
-    }
 }
 
 /// The rows of `set` held back from the seeded store, spread over the whole set (and so over
@@ -112,29 +77,6 @@ impl Driver {
 fn held_back(set: &RealSet) -> Vec<usize> {
     let step = (set.len() / HELD_BACK).max(1);
     (0..set.len()).step_by(step).take(HELD_BACK).collect()
-}
-
-/// Stores every row of `set` but `skip` as samples, as a second connection (WAL).
-fn seed_store(
-    store: &mut Store,
-    set: &RealSet,
-    skip: &[usize],
-    fingerprint: &str,
-) -> anyhow::Result<usize> {
-    let mut stored = 0;
-    for i in (0..set.len()).filter(|i| skip.binary_search(i).is_err()) {
-        store.insert_sample(&NewSample {
-            id: &set.hashes[i],
-            label: &set.classes[set.labels[i]],
-            embedding: set.row(i),
-            source: "image",
-            content_hash: &set.hashes[i],
-            thumbnail: None,
-            fingerprint,
-        })?;
-        stored += 1;
-    }
-    Ok(stored)
 }
 
 /// Predictions per second of a running pipeline over `window`.
@@ -187,53 +129,34 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let alone = backbone_alone(&backbone, args, &jpeg)?;
     let state = ScratchDir::create(0, width, height)?;
     let held = held_back(&set);
-    let mut seeding = Store::open_in(&state.0)?;
     say(format!(
         "seeding the store with {} real samples ({} classes)...",
         set.len() - held.len(),
         set.classes.len()
     ));
-    let seeded = seed_store(&mut seeding, &set, &held, &fingerprint.to_string())?;
-    drop(seeding);
+    let seeded = seed_store(
+        &state.0,
+        &set,
+        (0..set.len()).filter(|i| held.binary_search(i).is_err()),
+        &fingerprint.to_string(),
+    )?;
 
     let head: Arc<HeadCell> = Arc::new(ArcSwapOption::empty());
     let learning = LearningConfig {
         retrain_after: 0,
         ..LearningConfig::default()
     };
-    let (out_tx, out) = mpsc::channel(64);
-    let learner = Learner::start(
-        Store::open_in(&state.0)?,
+    let mut driver = Driver::start(
+        &state.0,
         backbone.clone(),
         head.clone(),
-        LearnerSettings {
-            device: "bench".into(),
-            learning: learning.clone(),
-            state_dir: state.0.clone(),
-            resize: args.model.resize_mode(),
-        },
-        out_tx,
-        mpsc::unbounded_channel().0,
-    )
-    .context("cannot start the learner thread")?;
-    let mut driver = Driver { learner, out };
+        learning,
+        args.model.resize_mode(),
+    )?;
     let mut teach = held.iter().copied();
     let teach_one = |driver: &mut Driver, i: usize| -> anyhow::Result<Duration> {
-        let bytes = std::fs::read(&set.files[i])
-            .with_context(|| format!("reading {}", set.files[i].display()))?;
-        let label = set.classes[set.labels[i]].clone();
         let started = Instant::now();
-        let hash = content_hash(&bytes);
-        let ack = driver.call(LearnRequest::Sample(SampleRequest {
-            id: hash.clone(),
-            label,
-            source: "image",
-            content_hash: hash,
-            content: SampleContent::Image(bytes),
-        }))?;
-        if ack.status != Some(AckStatus::Accepted) {
-            bail!("{} not accepted: {:?}", set.files[i].display(), ack.reason);
-        }
+        driver.teach(&set, i)?;
         Ok(started.elapsed())
     };
 
@@ -265,7 +188,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
 
     let images = ScratchDir::create(args.pipeline_images.max(1), width, height)?;
-    let (pipeline, drain) = start_replay(args, &images, backbone.clone(), head)?;
+    let (pipeline, drain) = start_replay(args, &images, backbone.clone(), head, 0.0)?;
     let window = Duration::from_secs_f64(args.seconds.max(1.0));
     say(format!(
         "frames: {:.0} s without training, then {:.0} s with heads training back to back...",
@@ -297,6 +220,44 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     pipeline.stop();
     let _ = drain.join();
 
+    // The field targets: default settings, frames flowing at FRAME_FPS beside the teaching.
+    let frames = |head: Arc<HeadCell>| -> anyhow::Result<Box<dyn FnOnce()>> {
+        let (pipeline, drain) = start_replay(args, &images, backbone.clone(), head, FRAME_FPS)?;
+        Ok(Box::new(move || {
+            pipeline.stop();
+            let _ = drain.join();
+        }))
+    };
+    // The class with the most photos, so that its 10 taught ones leave a real class out.
+    let new_class = (0..set.classes.len())
+        .max_by_key(|&c| set.labels.iter().filter(|&&l| l == c).count())
+        .unwrap_or(0);
+    say(format!(
+        "new label {:?}: {} photos taught one by one, default settings, frames at {FRAME_FPS} fps...",
+        set.classes[new_class],
+        super::teaching::NEW_LABEL_SAMPLES
+    ));
+    let new_label = super::teaching::new_label(
+        &set,
+        new_class,
+        backbone.clone(),
+        args.model.resize_mode(),
+        &fingerprint.to_string(),
+        &frames,
+    )?;
+    let bulk = if args.bulk > 0 {
+        Some(super::teaching::bulk(
+            &set,
+            args.bulk,
+            backbone.clone(),
+            args.model.resize_mode(),
+            &frames,
+            &say,
+        )?)
+    } else {
+        None
+    };
+
     let report = LearningReport {
         model: args.model.model.display().to_string(),
         threads,
@@ -314,6 +275,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         throughput_during_training: training / normal.max(1e-9),
         retrains_under_load: under_load.len(),
         retrain_under_load: StageStats::from_durations(&under_load),
+        new_label,
+        bulk,
         peak_rss_mb: peak_rss_mb(),
     };
     emit(args, &report, print_report)
@@ -375,6 +338,36 @@ fn print_report(r: &LearningReport) {
         "  {} retrains under frame load, {:.0} ms median",
         r.retrains_under_load, r.retrain_under_load.median_ms
     );
+    let n = &r.new_label;
+    println!(
+        "new label {:?} ({} photos taught one by one into {} samples / {} classes, frames at {FRAME_FPS} fps, default settings):",
+        n.label,
+        super::teaching::NEW_LABEL_SAMPLES,
+        n.store_samples,
+        n.store_classes
+    );
+    if let Some(ms) = n.imprinted_after_ms {
+        println!(
+            "  served (imprinted) {ms:.0} ms after its {}th accepted sample",
+            n.imprint_after
+        );
+    }
+    println!(
+        "  served by a trained, gated head {:.0} ms after its 10th accepted sample (target < 3000 ms); 10 acks took {:.0} ms",
+        n.trained_after_10th_ms, n.teaching_ms
+    );
+    if let Some(b) = &r.bulk {
+        println!(
+            "bulk teaching {} photos ({} classes), frames at {FRAME_FPS} fps: ingest alone {:.1} s; default settings {:.1} s to the last ack, {:.1} s until the head in use knew every sample ({} automatic retrains) = {:.2}x ingest alone (target <= 1.3x)",
+            b.samples,
+            b.classes,
+            b.ingest_alone_s,
+            b.default_acked_s,
+            b.default_settled_s,
+            b.automatic_retrains,
+            b.ratio
+        );
+    }
     if let Some(rss) = r.peak_rss_mb {
         println!("peak RSS {rss:.1} MB");
     }

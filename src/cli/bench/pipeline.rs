@@ -110,17 +110,19 @@ pub(super) fn backbone_alone(
     Ok(StageStats::from_durations(&times))
 }
 
-/// The daemon's pipeline on an unpaced looping replay of `images`, its events drained (counted
-/// by the pipeline itself) as a healthy publisher would. Stop the pipeline, then join the drain.
+/// The daemon's pipeline on a looping replay of `images` at `fps` (0 = unpaced), its events
+/// drained (counted by the pipeline itself) as a healthy publisher would. Stop the pipeline, then
+/// join the drain.
 pub(super) fn start_replay(
     args: &BenchArgs,
     images: &ScratchDir,
     backbone: Arc<Backbone>,
     head: Arc<HeadCell>,
+    fps: f32,
 ) -> anyhow::Result<(Pipeline, std::thread::JoinHandle<()>)> {
     let source = crate::source::open(&SourceConfig {
         uri: format!("dir:{}", images.0.display()),
-        replay_fps: 0.0,
+        replay_fps: fps,
         replay_loop: true,
         ..SourceConfig::default()
     })?;
@@ -158,6 +160,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         &images,
         backbone.clone(),
         Arc::new(ArcSwapOption::empty()),
+        0.0,
     )?;
 
     if !args.json {

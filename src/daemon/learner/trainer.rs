@@ -343,10 +343,13 @@ impl Trainer {
             },
             gate_tolerance: learning.gate_tolerance,
             force,
+            warm_start: true,
+            parallel: learning.train_threads > 1,
         };
         let old = self.head.load_full();
         let active = Active {
             gate_head: old.as_deref().map(LoadedHead::gate_head),
+            head: old.as_deref().map(|loaded| &loaded.head),
         };
         let outcome = match retrain(&samples, active, &self.fingerprint, &cfg) {
             Ok(outcome) => outcome,
