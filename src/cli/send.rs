@@ -22,7 +22,7 @@ use clap::Args;
 use rumqttc::{Client, Event, Packet, QoS, SubscribeFilter};
 use serde_json::{json, Value};
 
-use crate::learn::ingest::validate_label;
+use crate::learn::identity::Label;
 use crate::mqtt::messages::availability::Availability;
 use crate::mqtt::messages::learning::{Ack, AckStatus};
 use crate::mqtt::topics::{validate_level, validate_prefix, Outgoing, Topics};
@@ -329,7 +329,7 @@ impl Session {
 pub fn collect_files(
     paths: &[PathBuf],
     label: Option<&str>,
-) -> anyhow::Result<Vec<(PathBuf, String)>> {
+) -> anyhow::Result<Vec<(PathBuf, Label)>> {
     let mut out = Vec::new();
     for path in paths {
         if path.is_dir() {
@@ -363,12 +363,14 @@ pub fn collect_files(
             out.push((path.clone(), label.to_string()));
         }
     }
-    for (file, label) in &out {
-        validate_label(label)
-            .map_err(anyhow::Error::msg)
-            .with_context(|| format!("{}: label {label:?}", file.display()))?;
-    }
-    Ok(out)
+    // The device's one label rule, checked before anything is sent.
+    out.into_iter()
+        .map(|(file, label)| {
+            let checked = Label::new(label.as_str())
+                .with_context(|| format!("{}: label {label:?}", file.display()))?;
+            Ok((file, checked))
+        })
+        .collect()
 }
 
 fn images_in(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
