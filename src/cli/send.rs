@@ -22,7 +22,7 @@ use clap::Args;
 use rumqttc::{Client, Event, Packet, QoS, SubscribeFilter};
 use serde_json::{json, Value};
 
-use crate::learn::identity::Label;
+use crate::learn::identity::{Label, SampleId};
 use crate::mqtt::messages::availability::Availability;
 use crate::mqtt::messages::learning::{Ack, AckStatus};
 use crate::mqtt::topics::{validate_level, validate_prefix, Outgoing, Topics};
@@ -181,7 +181,7 @@ impl Session {
         Session::open(args, false)
     }
 
-    /// Connects and also subscribes to `export` (archives can be tens of MB: only when asked).
+    /// Connects and also subscribes to `export` (an archive's parts: only when asked).
     pub(super) fn connect_with_exports(args: &DeviceArgs) -> anyhow::Result<Session> {
         Session::open(args, true)
     }
@@ -297,16 +297,24 @@ impl Session {
     }
 
     /// Sends a command and waits for its ack.
-    pub(super) fn command(&self, name: &str, mut args: Value) -> anyhow::Result<Ack> {
-        let id = format!(
+    pub(super) fn command(&self, name: &str, args: Value) -> anyhow::Result<Ack> {
+        let id = self.send_command(name, args)?;
+        self.wait(|a| a.id.as_deref() == Some(id.as_str()) && a.command.as_deref() == Some(name))
+            .with_context(|| format!("no ack for {name} within {:?}", self.timeout))
+    }
+
+    /// Publishes a command with a fresh id (which follows the device's id rule) and returns the
+    /// id; the caller collects the ack (see [`Session::try_ack`]).
+    pub(super) fn send_command(&self, name: &str, mut args: Value) -> anyhow::Result<String> {
+        let id = SampleId::new(format!(
             "cli-{}-{}",
             std::process::id(),
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_nanos()
-        );
-        args["id"] = Value::String(id.clone());
+        ))?;
+        args["id"] = Value::String(id.to_string());
         self.client
             .publish(
                 self.topics.command(name),
@@ -315,8 +323,12 @@ impl Session {
                 serde_json::to_vec(&args)?,
             )
             .context("queueing the command")?;
-        self.wait(|a| a.id.as_deref() == Some(id.as_str()) && a.command.as_deref() == Some(name))
-            .with_context(|| format!("no ack for {name} within {:?}", self.timeout))
+        Ok(id.into_string())
+    }
+
+    /// An ack that already arrived, without waiting.
+    pub(super) fn try_ack(&self) -> Option<Ack> {
+        self.acks.try_recv().ok()
     }
 
     pub(super) fn close(self) {

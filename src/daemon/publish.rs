@@ -215,6 +215,11 @@ impl Publisher {
         );
     }
 
+    /// A handle on the link's outbox that waits for room (for the export's parts).
+    pub fn outbox(&self) -> crate::mqtt::link::OutboxHandle {
+        self.link.outbox()
+    }
+
     /// Queues a learner message (ack or training report) on its topic.
     pub fn send(&self, message: super::teach::Outbound) {
         if let Err(err) = self.link.publish_to(message.kind, message.payload) {

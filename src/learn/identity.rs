@@ -106,25 +106,34 @@ impl Label {
     /// The label as one directory name in an export archive: the label itself when it is a
     /// safe, portable file name; otherwise `/`-free and `\`-free, not `.` or `..`, cut to at
     /// most 200 bytes on a character boundary. Two labels may map to the same name (the
-    /// exporter disambiguates); `index.tsv` always holds the exact label.
+    /// export numbers files across the whole archive, so they never collide); `index.tsv`
+    /// always holds the exact label.
     pub fn dir_name(&self) -> String {
-        let mut name = String::with_capacity(self.0.len().min(MAX_DIR_BYTES));
-        for c in self.0.chars() {
-            let c = if matches!(c, '\\' | ':' | '*' | '?' | '"' | '<' | '>' | '|') {
-                '_'
-            } else {
-                c
-            };
-            if name.len() + c.len_utf8() > MAX_DIR_BYTES {
-                break;
-            }
-            name.push(c);
-        }
-        if name.chars().all(|c| c == '.') {
-            name.insert(0, '_');
-        }
-        name
+        portable_dir_name(&self.0)
     }
+}
+
+/// Any text as one portable directory name: what [`Label::dir_name`] does, and also safe for a
+/// label stored before the rule existed (`/` and control characters become `_`, an empty name
+/// becomes `_`).
+pub fn portable_dir_name(text: &str) -> String {
+    let mut name = String::with_capacity(text.len().min(MAX_DIR_BYTES));
+    for c in text.chars() {
+        let c = if matches!(c, '/' | '\\' | ':' | '*' | '?' | '"' | '<' | '>' | '|') || c.is_control()
+        {
+            '_'
+        } else {
+            c
+        };
+        if name.len() + c.len_utf8() > MAX_DIR_BYTES {
+            break;
+        }
+        name.push(c);
+    }
+    if name.chars().all(|c| c == '.') {
+        name.insert(0, '_');
+    }
+    name
 }
 
 impl TryFrom<String> for Label {
@@ -301,6 +310,10 @@ mod tests {
         let long = name(&"🐈".repeat(64));
         assert_eq!(long.len(), 200);
         assert_eq!(long, "🐈".repeat(50));
+        // Labels stored before the rule existed still make one safe component.
+        assert_eq!(portable_dir_name("a/b\n"), "a_b_");
+        assert_eq!(portable_dir_name(""), "_");
+        assert_eq!(portable_dir_name(&"é".repeat(300)).len(), 200);
     }
 
     #[test]

@@ -118,8 +118,8 @@ pub enum SampleContent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JsonSample {
     /// The sender's id, echoed in the ack; default the content hash (image) or `frame-N`.
-    pub id: Option<String>,
-    pub label: String,
+    pub id: Option<SampleId>,
+    pub label: Label,
     pub content: SampleContent,
 }
 
@@ -150,8 +150,8 @@ pub fn parse_json_sample(payload: &[u8], limits: &SampleLimits) -> Result<JsonSa
         _ => return Err(Rejection::NeedImageOrFrame),
     };
     Ok(JsonSample {
-        id: id.map(SampleId::into_string),
-        label: label.into_string(),
+        id,
+        label,
         content,
     })
 }

@@ -82,7 +82,13 @@ pub enum PartError {
 
 /// Number of parts for an archive of `bytes` (an empty archive is still one, empty, part).
 pub fn part_count(bytes: u64) -> u32 {
-    bytes.div_ceil(PART_BYTES as u64).max(1) as u32
+    part_count_of(bytes, PART_BYTES)
+}
+
+/// Number of parts of `part_bytes` each (a device with a small `mqtt.max_packet_bytes` uses
+/// smaller parts; receivers rely only on each part's `offset`).
+pub fn part_count_of(bytes: u64, part_bytes: usize) -> u32 {
+    bytes.div_ceil(part_bytes.max(1) as u64).max(1) as u32
 }
 
 /// One part's payload: the header as one JSON line, then the bytes.
