@@ -326,8 +326,10 @@ fn labels_and_ids_at_the_edges_each_get_an_ack() {
     }
     // A command with a forged id: refused, not run.
     sub.publish(&topic("cmd/export"), json!({"id": "a\nb\tc"}).to_string(), false);
-    let a = by_reason("a command with a bad id", "id contains");
-    assert_eq!(a["command"], "export");
+    let a = ack(&sub, &daemon, "a command with a bad id", |a| a["command"] == "export");
+    assert_eq!(a["status"], "rejected", "{a}");
+    assert!(a["reason"].as_str().unwrap().contains("id contains"), "{a}");
+    assert!(a.get("id").is_none(), "{a}");
 
     // `glimpse send` applies the same rule before publishing anything.
     let file = dir.path().join("rock.jpg");

@@ -99,7 +99,7 @@ pub fn stream(
             filled += n;
         }
         if offset + filled as u64 > bytes || (part + 1 < parts && filled < part_bytes) {
-            return Err(StreamError::Changed { path: shown });
+            return Err(StreamError::Changed { path: shown.clone() });
         }
         let header = PartHeader {
             name: name.clone(),
@@ -118,7 +118,7 @@ pub fn stream(
         offset += filled as u64;
     }
     if offset != bytes {
-        return Err(StreamError::Changed { path: shown });
+        return Err(StreamError::Changed { path: shown.clone() });
     }
     Ok(Streamed {
         parts,

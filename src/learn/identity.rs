@@ -194,11 +194,11 @@ impl SampleId {
         Ok(SampleId(text))
     }
 
-    /// The id of a raw image sample: the sha256 of its bytes in hex (what `glimpse send`
-    /// computes too, to match the ack).
-    pub fn of_content(hash_hex: String) -> SampleId {
-        debug_assert!(SampleId::new(hash_hex.clone()).is_ok());
-        SampleId(hash_hex)
+    /// An id the device makes itself, valid by construction: the sha256 of a raw image's bytes
+    /// in hex (what `glimpse send` computes too, to match the ack), or `frame-N`.
+    pub fn of_content(made_here: String) -> SampleId {
+        debug_assert!(SampleId::new(made_here.clone()).is_ok());
+        SampleId(made_here)
     }
 
     pub fn as_str(&self) -> &str {

@@ -27,6 +27,7 @@ use super::real::{RealSet, DEFAULT_DATASETS};
 use super::retrain::{RetrainFigures, ADDED_SAMPLES};
 use super::{emit, peak_rss_mb, BenchArgs, StageStats};
 use crate::config::LearningConfig;
+use crate::learn::identity::{Label, SampleId};
 use crate::daemon::learner::{
     LearnEvent, LearnRequest, Learner, LearnerSettings, SampleContent, SampleRequest,
 };
@@ -225,8 +226,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let started = Instant::now();
         let hash = content_hash(&bytes);
         let ack = driver.call(LearnRequest::Sample(SampleRequest {
-            id: hash.clone(),
-            label,
+            id: SampleId::of_content(hash.clone()),
+            label: Label::new(label)?,
             source: "image",
             content_hash: hash,
             content: SampleContent::Image(bytes),
