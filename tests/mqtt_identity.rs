@@ -142,7 +142,14 @@ fn wait_ready(sub: &Subscriber, daemon: &Daemon) {
 fn glimpse(broker: &Mosquitto, args: &[&str]) -> (bool, String) {
     let out = Command::new(GLIMPSE)
         .args(args)
-        .args(["--url", &broker.url(), "--device", DEVICE, "--timeout-s", "60"])
+        .args([
+            "--url",
+            &broker.url(),
+            "--device",
+            DEVICE,
+            "--timeout-s",
+            "60",
+        ])
         .output()
         .expect("run glimpse");
     let text = format!(
@@ -170,13 +177,7 @@ fn seed(state: &Path, rows: &[(String, String)]) {
         tx.execute(
             "INSERT INTO samples (id, label, embedding, source, created_at_ms, content_hash,
              thumbnail, fingerprint) VALUES (?1, ?2, ?3, 'json', 0, ?4, ?5, 'seeded')",
-            rusqlite::params![
-                id,
-                label,
-                vec![0u8; 16],
-                format!("hash-{i}"),
-                thumbnail(i)
-            ],
+            rusqlite::params![id, label, vec![0u8; 16], format!("hash-{i}"), thumbnail(i)],
         )
         .unwrap();
     }
@@ -210,7 +211,12 @@ fn export_of_2000_samples_streams_in_parts_and_extracts() {
     let state = dir.path().join("state");
     let emoji = "🐈".repeat(64);
     let mut rows: Vec<(String, String)> = (0..SEEDED)
-        .map(|i| (format!("seed-{i}"), ["rock", "paper", "scissors"][i % 3].into()))
+        .map(|i| {
+            (
+                format!("seed-{i}"),
+                ["rock", "paper", "scissors"][i % 3].into(),
+            )
+        })
         .collect();
     rows.push(("a\nb\tc".into(), emoji.clone()));
     rows.push(("plain".into(), "x/../y".into()));
@@ -231,9 +237,16 @@ fn export_of_2000_samples_streams_in_parts_and_extracts() {
     let done = ack(&sub, &daemon, "export", |a| a["command"] == "export");
     assert_eq!(done["published"], true, "{done}");
     let bytes = done["bytes"].as_u64().unwrap();
-    assert!(bytes > 8 << 20, "the archive ({bytes}) must exceed one 8 MiB packet");
+    assert!(
+        bytes > 8 << 20,
+        "the archive ({bytes}) must exceed one 8 MiB packet"
+    );
     let parts = sub.messages(&topic("export"));
-    assert_eq!(parts.len() as u64, done["parts"].as_u64().unwrap(), "{done}");
+    assert_eq!(
+        parts.len() as u64,
+        done["parts"].as_u64().unwrap(),
+        "{done}"
+    );
     assert!(parts.len() > 100, "{} parts", parts.len());
     assert!(parts.iter().all(|p| p.payload.len() <= 65 * 1024));
     let archive = std::fs::read(&out).unwrap();
@@ -261,8 +274,14 @@ fn export_of_2000_samples_streams_in_parts_and_extracts() {
     let mut per_label: BTreeMap<String, usize> = BTreeMap::new();
     for (i, [file, label, id]) in index.iter().enumerate() {
         assert_eq!((id, label), (&rows[i].0, &rows[i].1), "row {i}");
-        assert_eq!(std::fs::read(root.join(file)).unwrap(), thumbnail(i), "{file}");
-        *per_label.entry(file.split('/').next().unwrap().to_string()).or_default() += 1;
+        assert_eq!(
+            std::fs::read(root.join(file)).unwrap(),
+            thumbnail(i),
+            "{file}"
+        );
+        *per_label
+            .entry(file.split('/').next().unwrap().to_string())
+            .or_default() += 1;
     }
     // The 64-emoji label (256 bytes) became a directory name a file system accepts.
     let cat_dir = "🐈".repeat(50);
@@ -291,7 +310,10 @@ fn labels_and_ids_at_the_edges_each_get_an_ack() {
     let emoji = "🐈".repeat(64);
     sub.publish(&topic(&format!("sample/{emoji}")), image.clone(), false);
     let a = ack(&sub, &daemon, "64 emoji", |a| a["label"] == emoji.as_str());
-    assert_eq!((a["status"].as_str(), a["id"].as_str()), (Some("accepted"), Some(hash.as_str())));
+    assert_eq!(
+        (a["status"].as_str(), a["id"].as_str()),
+        (Some("accepted"), Some(hash.as_str()))
+    );
     let over = "🐈".repeat(65);
     sub.publish(&topic(&format!("sample/{over}")), image.clone(), false);
     let a = by_reason("65 emoji", "label is 65 characters, the limit is 64");
@@ -325,8 +347,14 @@ fn labels_and_ids_at_the_edges_each_get_an_ack() {
         assert!(a.get("id").is_none(), "an invalid id was echoed: {a}");
     }
     // A command with a forged id: refused, not run.
-    sub.publish(&topic("cmd/export"), json!({"id": "a\nb\tc"}).to_string(), false);
-    let a = ack(&sub, &daemon, "a command with a bad id", |a| a["command"] == "export");
+    sub.publish(
+        &topic("cmd/export"),
+        json!({"id": "a\nb\tc"}).to_string(),
+        false,
+    );
+    let a = ack(&sub, &daemon, "a command with a bad id", |a| {
+        a["command"] == "export"
+    });
     assert_eq!(a["status"], "rejected", "{a}");
     assert!(a["reason"].as_str().unwrap().contains("id contains"), "{a}");
     assert!(a.get("id").is_none(), "{a}");
@@ -338,7 +366,10 @@ fn labels_and_ids_at_the_edges_each_get_an_ack() {
     assert!(!ok && text.contains("not allowed"), "{text}");
     let (ok, text) = glimpse(&broker, &["send", "--label", &over, file.to_str().unwrap()]);
     assert!(!ok && text.contains("65 characters"), "{text}");
-    let (ok, text) = glimpse(&broker, &["send", "--label", &emoji, file.to_str().unwrap()]);
+    let (ok, text) = glimpse(
+        &broker,
+        &["send", "--label", &emoji, file.to_str().unwrap()],
+    );
     assert!(ok, "{text}\n{}", daemon.log());
 
     // Only the valid sample is stored, under its exact label.

@@ -170,7 +170,10 @@ fn receive(session: &Session, out: &Path) -> anyhow::Result<(Ack, u64, usize)> {
                 deadline = Instant::now() + session.timeout;
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                bail!("the connection to the broker ended ({})", receiving.progress())
+                bail!(
+                    "the connection to the broker ended ({})",
+                    receiving.progress()
+                )
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
         }
@@ -279,7 +282,9 @@ mod tests {
         parts.reverse();
         for (i, part) in parts.iter().enumerate() {
             receiving.take(part, "mine").unwrap();
-            receiving.take(&parts_of(&archive, "theirs")[0], "mine").unwrap();
+            receiving
+                .take(&parts_of(&archive, "theirs")[0], "mine")
+                .unwrap();
             assert_eq!(receiving.is_complete(), i == parts.len() - 1);
         }
         receiving.take(&parts[0], "mine").unwrap(); // a QoS 1 repeat

@@ -99,7 +99,9 @@ pub fn stream(
             filled += n;
         }
         if offset + filled as u64 > bytes || (part + 1 < parts && filled < part_bytes) {
-            return Err(StreamError::Changed { path: shown.clone() });
+            return Err(StreamError::Changed {
+                path: shown.clone(),
+            });
         }
         let header = PartHeader {
             name: name.clone(),
@@ -118,7 +120,9 @@ pub fn stream(
         offset += filled as u64;
     }
     if offset != bytes {
-        return Err(StreamError::Changed { path: shown.clone() });
+        return Err(StreamError::Changed {
+            path: shown.clone(),
+        });
     }
     Ok(Streamed {
         parts,
@@ -221,7 +225,10 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(sent, 3);
-        assert!(err.to_string().contains("part 2 of 9: broker away"), "{err}");
+        assert!(
+            err.to_string().contains("part 2 of 9: broker away"),
+            "{err}"
+        );
         let missing = stream(&dir.path().join("nope.tar"), None, 10, |_| Ok(()));
         assert!(missing.unwrap_err().to_string().contains("nope.tar"));
     }

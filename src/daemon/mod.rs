@@ -47,7 +47,6 @@ const LEARNER_STALL: Duration = Duration::from_secs(300);
 /// of `mqtt.max_packet_bytes` always fits an idle device.
 pub const INTAKE_BUDGET_BYTES: usize = 32 << 20;
 
-
 /// Why the daemon could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {

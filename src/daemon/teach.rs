@@ -324,7 +324,10 @@ mod tests {
             assert_eq!(ack.status, Some(AckStatus::Rejected));
             assert_eq!(ack.id, Some(content_hash(b"jpegish")));
             let echoed = ack.label.unwrap();
-            assert!(label.starts_with(&echoed) && echoed.len() <= 260, "{label:.20}");
+            assert!(
+                label.starts_with(&echoed) && echoed.len() <= 260,
+                "{label:.20}"
+            );
         }
     }
 }

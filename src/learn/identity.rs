@@ -119,7 +119,8 @@ impl Label {
 pub fn portable_dir_name(text: &str) -> String {
     let mut name = String::with_capacity(text.len().min(MAX_DIR_BYTES));
     for c in text.chars() {
-        let c = if matches!(c, '/' | '\\' | ':' | '*' | '?' | '"' | '<' | '>' | '|') || c.is_control()
+        let c = if matches!(c, '/' | '\\' | ':' | '*' | '?' | '"' | '<' | '>' | '|')
+            || c.is_control()
         {
             '_'
         } else {

@@ -149,11 +149,7 @@ pub fn parse_json_sample(payload: &[u8], limits: &SampleLimits) -> Result<JsonSa
         (None, Some(frame)) => SampleContent::Frame(frame),
         _ => return Err(Rejection::NeedImageOrFrame),
     };
-    Ok(JsonSample {
-        id,
-        label,
-        content,
-    })
+    Ok(JsonSample { id, label, content })
 }
 
 /// Decodes an image within the limits (the header is checked before any pixel is decoded).

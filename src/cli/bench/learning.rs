@@ -27,12 +27,12 @@ use super::real::{RealSet, DEFAULT_DATASETS};
 use super::retrain::{RetrainFigures, ADDED_SAMPLES};
 use super::{emit, peak_rss_mb, BenchArgs, StageStats};
 use crate::config::LearningConfig;
-use crate::learn::identity::{Label, SampleId};
 use crate::daemon::learner::{
     LearnEvent, LearnRequest, Learner, LearnerSettings, SampleContent, SampleRequest,
 };
 use crate::daemon::pipeline::{HeadCell, PipelineStats};
 use crate::learn::cache::content_hash;
+use crate::learn::identity::{Label, SampleId};
 use crate::mqtt::messages::learning::{Ack, AckStatus, Command};
 use crate::store::{NewSample, Store};
 use crate::vision::preprocess::synthetic_jpeg;

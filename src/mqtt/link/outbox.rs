@@ -154,7 +154,12 @@ mod tests {
         // The packet limit counts the topic and header: a payload of the limit itself is over.
         assert!(outbox.max_payload(Outgoing::Export) < 1 << 20);
         let err = outbox
-            .publish_waiting(Outgoing::Export, vec![0; 1 << 20], 2, Duration::from_secs(1))
+            .publish_waiting(
+                Outgoing::Export,
+                vec![0; 1 << 20],
+                2,
+                Duration::from_secs(1),
+            )
             .unwrap_err();
         assert!(matches!(err, LinkError::TooLarge { .. }), "{err}");
     }
