@@ -5,8 +5,9 @@
 //!   numbered parts, is reassembled and checked, and extracts on a real file system, with labels
 //!   and ids stored before the label and id rules (a 64-emoji label, an id with a tab and a
 //!   newline) kept inside their directory name and `index.tsv` field;
-//! - labels and ids at the edges of the one rule (64 emoji, 65 emoji, empty, `/`, `#`; empty,
-//!   100 kB, NUL and tab/newline ids) each get an ack, through raw MQTT and `glimpse send`.
+//! - labels and ids at the edges of the one rule (64 emoji, 65 emoji, empty, padded, 10 kB, `/`,
+//!   `#`, `+`; empty, 100 kB, NUL and tab/newline ids) each get an ack, through raw MQTT and
+//!   `glimpse send`.
 
 mod common;
 
@@ -321,6 +322,16 @@ fn labels_and_ids_at_the_edges_each_get_an_ack() {
     sub.publish(&topic("sample/"), image.clone(), false);
     let a = by_reason("an empty label", "label is empty");
     assert_eq!(a["label"], "");
+    // A 10 kB topic level: answered, and the ack echoes only the start of it.
+    let long = "x".repeat(10_000);
+    sub.publish(&topic(&format!("sample/{long}")), image.clone(), false);
+    let a = by_reason("a 10 kB label", "label is 10000 characters");
+    let echoed = a["label"].as_str().unwrap();
+    assert!(
+        long.starts_with(echoed) && echoed.len() <= 260,
+        "{}",
+        echoed.len()
+    );
     sub.publish(&topic("sample/ cat"), image.clone(), false);
     by_reason("a padded label", "starts or ends with white space");
 

@@ -51,7 +51,7 @@ pub fn request(
             let (id, parsed) = parse_command(&name, &received.payload);
             let refuse = |reason: String| {
                 log::info!("command {name} rejected: {reason}");
-                Ack::command(id.clone(), &name, AckStatus::Rejected).with_reason(reason)
+                Ack::command(id.clone(), &echo(&name), AckStatus::Rejected).with_reason(reason)
             };
             match parsed {
                 Err(reason) => Err(Box::new(refuse(reason))),
@@ -96,9 +96,10 @@ pub fn request(
     }
 }
 
-/// A refused label as the ack echoes it: as received, but never more than a label's worth of
-/// text (a topic level may be 64 KiB), so the sender can still match the ack to what it sent.
-fn echo(label: &str) -> String {
+/// A refused label (or command name) as the ack echoes it: as received, but never more than a
+/// label's worth of text (a topic level may be 64 KiB), so the sender can still match the ack to
+/// what it sent.
+pub fn echo(label: &str) -> String {
     const MAX_ECHO_BYTES: usize = 4 * crate::learn::identity::MAX_LABEL_CHARS + 4;
     let mut end = label.len().min(MAX_ECHO_BYTES);
     while !label.is_char_boundary(end) {
