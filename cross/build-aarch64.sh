@@ -45,7 +45,7 @@ if ! "$TOOLS/venv/bin/python" -c "import ziglang" >/dev/null 2>&1 \
 fi
 export PATH="$TOOLS/venv/bin:$PATH"
 
-if ! rustup target list --installed | grep -qx "$TARGET"; then
+if ! rustup target list --installed | grep -x "$TARGET" >/dev/null; then
   rustup target add "$TARGET" || die "rustup target add $TARGET failed"
 fi
 

@@ -115,10 +115,15 @@ for path in /usr/bin/glimpse /lib/systemd/system/glimpse.service /usr/lib/sysuse
   grep -qx "$path" "$WORK/contents" || die "$DEB lacks $path"
 done
 [ "$(dpkg-deb -f "$DEB" Architecture)" = "arm64" ] || die "$DEB is not Architecture: arm64"
-dpkg-deb --ctrl-tarfile "$DEB" | tar -xO ./conffiles | grep -qx /etc/glimpse/glimpse.toml \
+# Listings go to files first: `producer | grep -q` under pipefail fails at random when grep exits
+# before the producer has written everything (SIGPIPE, status 141).
+dpkg-deb --ctrl-tarfile "$DEB" > "$WORK/control.tar"
+tar -xOf "$WORK/control.tar" ./conffiles > "$WORK/conffiles"
+tar -tf "$WORK/control.tar" > "$WORK/control-files"
+grep -qx /etc/glimpse/glimpse.toml "$WORK/conffiles" \
   || die "$DEB does not mark /etc/glimpse/glimpse.toml as a conffile"
 for script in postinst prerm postrm; do
-  dpkg-deb --ctrl-tarfile "$DEB" | tar -t | grep -qx "./$script" || die "$DEB lacks its $script"
+  grep -qx "./$script" "$WORK/control-files" || die "$DEB lacks its $script"
 done
 # The packaged binary itself starts (same bytes as $BIN, but this is what a board gets).
 mkdir "$WORK/deb" && dpkg-deb -x "$DEB" "$WORK/deb"

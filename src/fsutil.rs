@@ -1,8 +1,9 @@
 //! Crash-safe file replacement, shared by head files (`glimpse train`, the store's head
-//! versions) and sample exports.
+//! versions) and sample exports; and bounded reads of files that come from outside (replayed or
+//! classified images), so a huge file costs nothing but a `stat`.
 
 use std::fs::{self, File};
-use std::io::{self, Write as _};
+use std::io::{self, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
 /// Which step of an atomic write failed (used to word errors).
@@ -60,6 +61,29 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), (AtomicStep, io::Er
         .map_err(|e| (AtomicStep::SyncDir, e))
 }
 
+/// Reads a whole file of at most `max_bytes`, refusing a larger one before allocating for it: the
+/// size is checked on the metadata, and the read itself stops one byte past the cap (the file may
+/// grow between the two). A refusal is an `InvalidData` error that names the size and the cap.
+pub fn read_capped(path: &Path, max_bytes: usize) -> io::Result<Vec<u8>> {
+    let too_large = |size: u64| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("file is {size} bytes or more, over the {max_bytes}-byte limit"),
+        )
+    };
+    let file = File::open(path)?;
+    let size = file.metadata()?.len();
+    if size > max_bytes as u64 {
+        return Err(too_large(size));
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    file.take(max_bytes as u64 + 1).read_to_end(&mut bytes)?;
+    if bytes.len() > max_bytes {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
 /// Bytes available to this (unprivileged) process on the filesystem holding `path`: what
 /// `stats` reports for the state directory, so an operator sees a filling eMMC coming.
 pub fn free_bytes(path: &Path) -> io::Result<u64> {
@@ -77,6 +101,29 @@ pub fn free_bytes(path: &Path) -> io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capped_reads_refuse_a_large_file_without_reading_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.jpg");
+        // Sparse: 200 MB on paper, no disk used; a whole read would allocate all of it.
+        File::create(&path).unwrap().set_len(200_000_000).unwrap();
+        let err = read_capped(&path, 32 << 20).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(
+            err.to_string().contains("200000000 bytes") && err.to_string().contains("33554432"),
+            "{err}"
+        );
+        fs::write(&path, b"12345").unwrap();
+        assert_eq!(read_capped(&path, 5).unwrap(), b"12345");
+        assert!(read_capped(&path, 4).is_err());
+        assert_eq!(
+            read_capped(&dir.path().join("missing"), 5)
+                .unwrap_err()
+                .kind(),
+            io::ErrorKind::NotFound
+        );
+    }
 
     #[test]
     fn replaces_the_file_and_leaves_no_temporary_behind() {

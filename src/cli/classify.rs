@@ -80,7 +80,7 @@ pub fn run(args: &ClassifyArgs) -> anyhow::Result<bool> {
     let mut all_ok = true;
     for path in &args.images {
         let file = path.display().to_string();
-        let outcome = std::fs::read(path)
+        let outcome = crate::fsutil::read_capped(path, embedder.limits().max_bytes)
             .with_context(|| format!("cannot read {file}"))
             .and_then(|bytes| embedder.embed_bytes(&bytes).with_context(|| file.clone()));
         let (output, _) = match outcome {

@@ -22,7 +22,7 @@ use clap::Args;
 use rumqttc::{Client, Event, Packet, QoS, SubscribeFilter};
 use serde_json::{json, Value};
 
-use crate::learn::ingest::validate_label;
+use crate::learn::identity::{Label, SampleId};
 use crate::mqtt::messages::availability::Availability;
 use crate::mqtt::messages::learning::{Ack, AckStatus};
 use crate::mqtt::topics::{validate_level, validate_prefix, Outgoing, Topics};
@@ -189,7 +189,7 @@ impl Session {
         Session::open(args, false)
     }
 
-    /// Connects and also subscribes to `export` (archives can be tens of MB: only when asked).
+    /// Connects and also subscribes to `export` (an archive's parts: only when asked).
     pub(super) fn connect_with_exports(args: &DeviceArgs) -> anyhow::Result<Session> {
         Session::open(args, true)
     }
@@ -305,16 +305,24 @@ impl Session {
     }
 
     /// Sends a command and waits for its ack.
-    pub(super) fn command(&self, name: &str, mut args: Value) -> anyhow::Result<Ack> {
-        let id = format!(
+    pub(super) fn command(&self, name: &str, args: Value) -> anyhow::Result<Ack> {
+        let id = self.send_command(name, args)?;
+        self.wait(|a| a.id.as_deref() == Some(id.as_str()) && a.command.as_deref() == Some(name))
+            .with_context(|| format!("no ack for {name} within {:?}", self.timeout))
+    }
+
+    /// Publishes a command with a fresh id (which follows the device's id rule) and returns the
+    /// id; the caller collects the ack (see [`Session::try_ack`]).
+    pub(super) fn send_command(&self, name: &str, mut args: Value) -> anyhow::Result<String> {
+        let id = SampleId::new(format!(
             "cli-{}-{}",
             std::process::id(),
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_nanos()
-        );
-        args["id"] = Value::String(id.clone());
+        ))?;
+        args["id"] = Value::String(id.to_string());
         self.client
             .publish(
                 self.topics.command(name),
@@ -323,8 +331,12 @@ impl Session {
                 serde_json::to_vec(&args)?,
             )
             .context("queueing the command")?;
-        self.wait(|a| a.id.as_deref() == Some(id.as_str()) && a.command.as_deref() == Some(name))
-            .with_context(|| format!("no ack for {name} within {:?}", self.timeout))
+        Ok(id.into_string())
+    }
+
+    /// An ack that already arrived, without waiting.
+    pub(super) fn try_ack(&self) -> Option<Ack> {
+        self.acks.try_recv().ok()
     }
 
     pub(super) fn close(self) {
@@ -337,7 +349,7 @@ impl Session {
 pub fn collect_files(
     paths: &[PathBuf],
     label: Option<&str>,
-) -> anyhow::Result<Vec<(PathBuf, String)>> {
+) -> anyhow::Result<Vec<(PathBuf, Label)>> {
     let mut out = Vec::new();
     for path in paths {
         if path.is_dir() {
@@ -371,12 +383,14 @@ pub fn collect_files(
             out.push((path.clone(), label.to_string()));
         }
     }
-    for (file, label) in &out {
-        validate_label(label)
-            .map_err(anyhow::Error::msg)
-            .with_context(|| format!("{}: label {label:?}", file.display()))?;
-    }
-    Ok(out)
+    // The device's one label rule, checked before anything is sent.
+    out.into_iter()
+        .map(|(file, label)| {
+            let checked = Label::new(label.as_str())
+                .with_context(|| format!("{}: label {label:?}", file.display()))?;
+            Ok((file, checked))
+        })
+        .collect()
 }
 
 fn images_in(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {

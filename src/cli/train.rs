@@ -85,7 +85,7 @@ pub fn embed_dataset(
     };
     for item in &dataset.items {
         progress.inc(1);
-        let bytes = match std::fs::read(&item.path) {
+        let bytes = match crate::fsutil::read_capped(&item.path, embedder.limits().max_bytes) {
             Ok(bytes) => bytes,
             Err(err) => {
                 out.failed.push((item.path.clone(), err.to_string()));

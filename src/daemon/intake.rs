@@ -70,15 +70,17 @@ pub fn refusal_ack(received: &Received, reason: &str) -> Ack {
     let ack = match &received.incoming {
         Incoming::SampleImage { label } => Ack::sample(
             payload.map(content_hash),
-            Some(label.clone()),
+            Some(super::teach::echo(label)),
             AckStatus::Rejected,
         ),
         Incoming::SampleJson => {
             Ack::sample(payload.and_then(json_id_hint), None, AckStatus::Rejected)
         }
-        Incoming::Command { name } => {
-            Ack::command(payload.and_then(json_id_hint), name, AckStatus::Rejected)
-        }
+        Incoming::Command { name } => Ack::command(
+            payload.and_then(json_id_hint),
+            &super::teach::echo(name),
+            AckStatus::Rejected,
+        ),
     };
     ack.with_reason(reason)
 }

@@ -5,6 +5,7 @@
 //! availability topic and exit 0.
 
 pub mod change; // skip frames that barely changed (grey-thumbnail difference)
+pub mod export_stream; // an export archive -> numbered parts on `export`, then its ack
 pub mod intake; // refusals before the learner (retained, too large, busy) and the byte budget
 pub mod learner; // typed teach requests -> store, acks, retraining, hot swap (ingest + trainer threads)
 pub mod liveness; // watched threads (a panic ends the daemon with exit 1), busy-job stall checks
@@ -45,9 +46,6 @@ const LEARNER_STALL: Duration = Duration::from_secs(300);
 /// Bytes of sample payloads that may wait for the learner (see `intake`); at least one message
 /// of `mqtt.max_packet_bytes` always fits an idle device.
 pub const INTAKE_BUDGET_BYTES: usize = 32 << 20;
-
-/// Room left in an MQTT packet for the topic and fixed header when publishing an export archive.
-const EXPORT_HEADROOM: usize = 1024;
 
 /// Why the daemon could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -179,7 +177,6 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         resize: config.model.resize,
     };
     let limits = learner_settings.limits();
-    let max_publish_bytes = config.mqtt.max_packet_bytes.saturating_sub(EXPORT_HEADROOM);
     let (learner_tx, mut learner_out) = mpsc::channel::<LearnEvent>(64);
     let (deaths_tx, mut deaths) = mpsc::unbounded_channel::<liveness::Death>();
     let learner = Learner::start(
@@ -334,9 +331,15 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                 }
             },
             Some(event) = learner_out.recv() => {
-                let effects = teach::effects(event, max_publish_bytes);
+                let effects = teach::effects(event);
                 for message in effects.messages {
                     publisher.send(message);
+                }
+                if let Some(job) = effects.export {
+                    // Parts wait for room in the outbox: on a thread of their own, so this loop
+                    // keeps serving predictions and acks meanwhile.
+                    let outbox = publisher.outbox();
+                    tokio::task::spawn_blocking(move || export_stream::publish(job, &outbox));
                 }
                 if effects.head_changed {
                     publisher.announce_discovery(&head);
@@ -372,8 +375,19 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     while let Ok(Some(event)) =
         tokio::time::timeout(Duration::from_secs(10), learner_out.recv()).await
     {
-        for message in teach::effects(event, max_publish_bytes).messages {
+        let effects = teach::effects(event);
+        for message in effects.messages {
             publisher.send(message);
+        }
+        if let Some(job) = effects.export {
+            // Stopping: no time to stream an archive; it stays on the device.
+            let mut ack = job.ack;
+            ack.published = Some(false);
+            ack.reason = Some(format!(
+                "the device is stopping; the archive stays at {}",
+                job.path.display()
+            ));
+            publisher.send(Outbound::ack(&ack));
         }
     }
     let _ = learner_done.await;

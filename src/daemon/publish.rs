@@ -215,6 +215,11 @@ impl Publisher {
         );
     }
 
+    /// A handle on the link's outbox that waits for room (for the export's parts).
+    pub fn outbox(&self) -> crate::mqtt::link::OutboxHandle {
+        self.link.outbox()
+    }
+
     /// Queues a learner message (ack or training report) on its topic.
     /// The link, for the watchdog's liveness check.
     pub fn link(&self) -> &MqttLink {

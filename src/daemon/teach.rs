@@ -3,16 +3,17 @@
 //! the learner's [`LearnEvent`]s become messages on the device's topics. The learner itself knows
 //! no topic, retain flag, packet size or JSON.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Mutex;
 
 use super::learner::{LearnEvent, LearnRequest, SampleContent, SampleRequest};
 use super::recent::RecentFrames;
 use crate::config::LearningConfig;
 use crate::learn::cache::content_hash;
+use crate::learn::identity::{Label, SampleId};
 use crate::learn::ingest::{
-    check_payload_size, json_id_hint, parse_json_sample, validate_label, Rejection,
-    SampleContent as JsonContent, SampleLimits,
+    check_payload_size, json_id_hint, parse_json_sample, Rejection, SampleContent as JsonContent,
+    SampleLimits,
 };
 use crate::mqtt::link::Received;
 use crate::mqtt::messages::learning::{parse_command, Ack, AckStatus};
@@ -50,7 +51,7 @@ pub fn request(
             let (id, parsed) = parse_command(&name, &received.payload);
             let refuse = |reason: String| {
                 log::info!("command {name} rejected: {reason}");
-                Ack::command(id.clone(), &name, AckStatus::Rejected).with_reason(reason)
+                Ack::command(id.clone(), &echo(&name), AckStatus::Rejected).with_reason(reason)
             };
             match parsed {
                 Err(reason) => Err(Box::new(refuse(reason))),
@@ -64,7 +65,7 @@ pub fn request(
             let hash = content_hash(&received.payload);
             let refuse = |r: Rejection| {
                 log::info!("sample on {} rejected: {r}", received.topic);
-                Ack::sample(Some(hash.clone()), Some(label.clone()), AckStatus::Rejected)
+                Ack::sample(Some(hash.clone()), Some(echo(&label)), AckStatus::Rejected)
                     .with_reason(r.to_string())
             };
             let checks = || {
@@ -72,12 +73,12 @@ pub fn request(
                     return Err(Rejection::Disabled);
                 }
                 check_payload_size(received.payload.len(), limits)?;
-                validate_label(&label)
+                Ok(Label::new(label.as_str())?)
             };
-            checks().map_err(|r| Box::new(refuse(r)))?;
+            let checked = checks().map_err(|r| Box::new(refuse(r)))?;
             Ok(LearnRequest::Sample(SampleRequest {
-                id: hash.clone(),
-                label,
+                id: SampleId::of_content(hash.clone()),
+                label: checked,
                 source: "image",
                 content_hash: hash,
                 content: SampleContent::Image(received.payload),
@@ -95,6 +96,18 @@ pub fn request(
     }
 }
 
+/// A refused label (or command name) as the ack echoes it: as received, but never more than a
+/// label's worth of text (a topic level may be 64 KiB), so the sender can still match the ack to
+/// what it sent.
+pub fn echo(label: &str) -> String {
+    const MAX_ECHO_BYTES: usize = 4 * crate::learn::identity::MAX_LABEL_CHARS + 4;
+    let mut end = label.len().min(MAX_ECHO_BYTES);
+    while !label.is_char_boundary(end) {
+        end -= 1;
+    }
+    label[..end].to_string()
+}
+
 fn json_sample(
     payload: &[u8],
     learning: &LearningConfig,
@@ -109,7 +122,9 @@ fn json_sample(
         JsonContent::Image(bytes) => {
             let hash = content_hash(&bytes);
             SampleRequest {
-                id: sample.id.unwrap_or_else(|| hash.clone()),
+                id: sample
+                    .id
+                    .unwrap_or_else(|| SampleId::of_content(hash.clone())),
                 label: sample.label,
                 source: "json",
                 content_hash: hash,
@@ -127,7 +142,9 @@ fn json_sample(
                 .flat_map(|v| v.to_le_bytes())
                 .collect();
             SampleRequest {
-                id: sample.id.unwrap_or_else(|| format!("frame-{frame_id}")),
+                id: sample
+                    .id
+                    .unwrap_or_else(|| SampleId::of_content(format!("frame-{frame_id}"))),
                 label: sample.label,
                 source: "frame",
                 content_hash: content_hash(&bytes),
@@ -148,74 +165,52 @@ pub fn busy(request: &LearnRequest) -> Ack {
         .with_reason(Rejection::Busy("ingest queue full".into()).to_string())
 }
 
-/// What the daemon must do for one learner event: messages to publish, in order, and whether
-/// the head's classes may have changed (Home Assistant discovery is then republished).
+/// What the daemon must do for one learner event: messages to publish, in order, whether the
+/// head's classes may have changed (Home Assistant discovery is then republished), and an
+/// archive to stream (its ack is published after its last part, see `daemon::export_stream`).
 #[derive(Debug, Default)]
 pub struct Effects {
     pub messages: Vec<Outbound>,
     pub head_changed: bool,
+    pub export: Option<ExportJob>,
 }
 
-/// Maps a learner event to what gets published. `max_publish_bytes` is the largest export
-/// archive one MQTT message may carry; a published archive is deleted from the device.
-pub fn effects(event: LearnEvent, max_publish_bytes: usize) -> Effects {
+/// An export archive to publish on `export` in parts, then its ack.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportJob {
+    pub path: PathBuf,
+    pub ack: Ack,
+}
+
+/// Maps a learner event to what gets published.
+pub fn effects(event: LearnEvent) -> Effects {
     match event {
         LearnEvent::Ack(ack) => Effects {
             messages: vec![Outbound::ack(&ack)],
-            head_changed: false,
+            ..Effects::default()
         },
         LearnEvent::Report(report) => Effects {
             messages: vec![Outbound::json(Outgoing::Report, &report)],
-            head_changed: false,
+            ..Effects::default()
         },
         LearnEvent::HeadChanged { .. } => Effects {
-            messages: Vec::new(),
             head_changed: true,
+            ..Effects::default()
         },
         LearnEvent::Export {
             path,
-            bytes,
-            publish,
-            mut ack,
-        } => {
-            let mut messages = Vec::new();
-            if publish {
-                match read_export(&path, bytes, max_publish_bytes) {
-                    Ok(payload) => {
-                        messages.push(Outbound {
-                            kind: Outgoing::Export,
-                            payload,
-                        });
-                        ack.published = Some(true);
-                        // Handed to the MQTT outbox: the device keeps no copy.
-                        if let Err(e) = std::fs::remove_file(&path) {
-                            log::warn!("cannot delete {} after publishing: {e}", path.display());
-                        }
-                    }
-                    Err(reason) => {
-                        ack.published = Some(false);
-                        ack.reason = Some(reason);
-                    }
-                }
-            }
-            messages.push(Outbound::ack(&ack));
-            Effects {
-                messages,
-                head_changed: false,
-            }
-        }
+            publish: true,
+            ack,
+            ..
+        } => Effects {
+            export: Some(ExportJob { path, ack }),
+            ..Effects::default()
+        },
+        LearnEvent::Export { ack, .. } => Effects {
+            messages: vec![Outbound::ack(&ack)],
+            ..Effects::default()
+        },
     }
-}
-
-fn read_export(path: &Path, bytes: u64, max: usize) -> Result<Vec<u8>, String> {
-    if bytes > max as u64 {
-        return Err(format!(
-            "the archive is {bytes} bytes, over the {max} bytes one MQTT message may carry \
-             (mqtt.max_packet_bytes); copy {} from the device",
-            path.display()
-        ));
-    }
-    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
 #[cfg(test)]
@@ -294,25 +289,46 @@ mod tests {
     }
 
     #[test]
-    fn a_published_export_is_deleted_and_a_large_one_stays() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("samples-1.tar");
-        std::fs::write(&path, b"archive").unwrap();
-        let event = |path: &Path| LearnEvent::Export {
-            path: path.to_path_buf(),
+    fn a_published_export_becomes_a_job_and_a_kept_one_an_ack() {
+        let event = |publish| LearnEvent::Export {
+            path: PathBuf::from("/x/samples-1.tar"),
             bytes: 7,
-            publish: true,
+            publish,
             ack: Ack::command(None, "export", AckStatus::Accepted),
         };
-        let too_small = effects(event(&path), 3);
-        assert_eq!(too_small.messages.len(), 1);
-        assert!(path.exists());
-        let fits = effects(event(&path), 1000);
-        assert_eq!(fits.messages[0].kind, Outgoing::Export);
-        assert_eq!(fits.messages[0].payload, b"archive");
-        assert!(!path.exists());
-        let ack: Ack = serde_json::from_slice(&fits.messages[1].payload).unwrap();
-        assert_eq!(ack.published, Some(true));
-        assert!(effects(LearnEvent::HeadChanged { version: None }, 0).head_changed);
+        let streamed = effects(event(true));
+        assert!(streamed.messages.is_empty(), "the ack follows the parts");
+        assert_eq!(
+            streamed.export.unwrap().path,
+            PathBuf::from("/x/samples-1.tar")
+        );
+        let kept = effects(event(false));
+        assert!(kept.export.is_none());
+        assert_eq!(kept.messages[0].kind, Outgoing::Ack);
+        assert!(effects(LearnEvent::HeadChanged { version: None }).head_changed);
+    }
+
+    #[test]
+    fn a_refused_label_is_acked_and_echoed_within_bounds() {
+        let recent = Mutex::new(RecentFrames::new(4));
+        let learning = LearningConfig::default();
+        let emoji = "🐈".repeat(65);
+        let long = "x".repeat(100_000);
+        for label in ["", "a\u{0}b", " cat", emoji.as_str(), long.as_str()] {
+            let image = received(
+                Incoming::SampleImage {
+                    label: label.into(),
+                },
+                b"jpegish",
+            );
+            let ack = request(image, &learning, &limits(), &recent).unwrap_err();
+            assert_eq!(ack.status, Some(AckStatus::Rejected));
+            assert_eq!(ack.id, Some(content_hash(b"jpegish")));
+            let echoed = ack.label.unwrap();
+            assert!(
+                label.starts_with(&echoed) && echoed.len() <= 260,
+                "{label:.20}"
+            );
+        }
     }
 }

@@ -10,10 +10,10 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use serde::Deserialize;
 
+use super::identity::{IdError, Label, LabelError, SampleId};
 use crate::vision::decode::{decode_image, DecodeLimits};
 
-/// Longest label, in characters.
-pub const MAX_LABEL_CHARS: usize = 64;
+pub use super::identity::MAX_LABEL_CHARS;
 
 /// Why a sample was refused; `Display` is the ack's `reason`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -22,16 +22,10 @@ pub enum Rejection {
     EmptyPayload,
     #[error("payload is {size} bytes, over learning.max_sample_bytes = {max}")]
     TooLarge { size: usize, max: usize },
-    #[error("label is empty")]
-    EmptyLabel,
-    #[error("label is {chars} characters, the limit is {MAX_LABEL_CHARS}")]
-    LabelTooLong { chars: usize },
-    #[error(
-        "label {label:?} contains {bad:?}, which is not allowed (no / + # or control characters)"
-    )]
-    LabelBadChar { label: String, bad: char },
-    #[error("label is not valid UTF-8")]
-    LabelNotUtf8,
+    #[error(transparent)]
+    Label(#[from] LabelError),
+    #[error(transparent)]
+    Id(#[from] IdError),
     #[error("malformed sample JSON: {0}")]
     BadJson(String),
     #[error("sample JSON needs exactly one of `image` (base64) or `frame_id`")]
@@ -76,34 +70,15 @@ impl SampleLimits {
     }
 }
 
-/// A label: 1..=64 characters, valid UTF-8, none of `/ + #` (they would break the
-/// `sample/{label}` topic level and the MQTT wildcards) and no control characters (NUL included:
-/// invisible in logs, and a trap for anything that treats it as a C string).
+/// Checks a label against the one rule ([`Label`]); `Label::new` gives the typed value.
 pub fn validate_label(label: &str) -> Result<(), Rejection> {
-    if label.is_empty() {
-        return Err(Rejection::EmptyLabel);
-    }
-    let chars = label.chars().count();
-    if chars > MAX_LABEL_CHARS {
-        return Err(Rejection::LabelTooLong { chars });
-    }
-    if let Some(bad) = label
-        .chars()
-        .find(|c| matches!(c, '/' | '+' | '#') || c.is_control())
-    {
-        return Err(Rejection::LabelBadChar {
-            label: label.to_string(),
-            bad,
-        });
-    }
+    Label::new(label)?;
     Ok(())
 }
 
 /// A label from raw bytes (e.g. a JSON string decoded leniently elsewhere).
 pub fn label_from_bytes(bytes: &[u8]) -> Result<String, Rejection> {
-    let label = std::str::from_utf8(bytes).map_err(|_| Rejection::LabelNotUtf8)?;
-    validate_label(label)?;
-    Ok(label.to_string())
+    Ok(Label::from_bytes(bytes)?.into_string())
 }
 
 /// The payload size cap (empty payloads are refused too).
@@ -143,23 +118,26 @@ pub enum SampleContent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JsonSample {
     /// The sender's id, echoed in the ack; default the content hash (image) or `frame-N`.
-    pub id: Option<String>,
-    pub label: String,
+    pub id: Option<SampleId>,
+    pub label: Label,
     pub content: SampleContent,
 }
 
 /// Best effort: the `id` of a JSON message, for the ack of a message that is otherwise refused.
+/// Only a valid id is echoed (never a forged, empty or 100 kB one).
 pub fn json_id_hint(payload: &[u8]) -> Option<String> {
     let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
-    value.get("id")?.as_str().map(str::to_string)
+    let id = value.get("id")?.as_str()?;
+    SampleId::new(id).ok().map(SampleId::into_string)
 }
 
-/// Parses `{id?, label, image (base64) | frame_id}`; validates the size and the label.
+/// Parses `{id?, label, image (base64) | frame_id}`; validates the size, the label and the id.
 pub fn parse_json_sample(payload: &[u8], limits: &SampleLimits) -> Result<JsonSample, Rejection> {
     check_payload_size(payload.len(), limits)?;
     let raw: RawSampleJson =
         serde_json::from_slice(payload).map_err(|e| Rejection::BadJson(e.to_string()))?;
-    validate_label(&raw.label)?;
+    let label = Label::new(raw.label)?;
+    let id = raw.id.map(SampleId::new).transpose()?;
     let content = match (raw.image, raw.frame_id) {
         (Some(image), None) => {
             let bytes = base64::engine::general_purpose::STANDARD
@@ -171,11 +149,7 @@ pub fn parse_json_sample(payload: &[u8], limits: &SampleLimits) -> Result<JsonSa
         (None, Some(frame)) => SampleContent::Frame(frame),
         _ => return Err(Rejection::NeedImageOrFrame),
     };
-    Ok(JsonSample {
-        id: raw.id,
-        label: raw.label,
-        content,
-    })
+    Ok(JsonSample { id, label, content })
 }
 
 /// Decodes an image within the limits (the header is checked before any pixel is decoded).
@@ -228,23 +202,16 @@ mod tests {
     };
 
     #[test]
-    fn labels() {
-        assert!(validate_label("rock").is_ok());
+    fn labels_use_the_one_rule() {
         assert!(validate_label("daisy flower é 🌼").is_ok());
-        assert!(validate_label(&"x".repeat(64)).is_ok());
-        assert_eq!(validate_label(""), Err(Rejection::EmptyLabel));
+        assert!(validate_label(&"🐈".repeat(64)).is_ok());
+        let err = validate_label("a/b").unwrap_err();
+        assert!(matches!(err, Rejection::Label(LabelError::BadChar { .. })));
+        assert!(err.to_string().contains("not allowed"), "{err}");
         assert_eq!(
-            validate_label(&"x".repeat(1000)),
-            Err(Rejection::LabelTooLong { chars: 1000 })
+            label_from_bytes(b"a\xffb"),
+            Err(Rejection::Label(LabelError::NotUtf8))
         );
-        // 64 multibyte characters are fine: the limit is in characters.
-        assert!(validate_label(&"é".repeat(64)).is_ok());
-        for bad in ["a/b", "a+b", "a#b", "a\0b", "a\nb", "\u{7f}"] {
-            let err = validate_label(bad).unwrap_err();
-            assert!(matches!(err, Rejection::LabelBadChar { .. }), "{bad:?}");
-            assert!(err.to_string().contains("not allowed"));
-        }
-        assert_eq!(label_from_bytes(b"a\xffb"), Err(Rejection::LabelNotUtf8));
         assert_eq!(label_from_bytes(b"ok").unwrap(), "ok");
     }
 
@@ -284,12 +251,34 @@ mod tests {
         ));
         assert!(matches!(
             bad(br#"{"label":"a/b","frame_id":1}"#),
-            Rejection::LabelBadChar { bad: '/', .. }
+            Rejection::Label(LabelError::BadChar { bad: '/', .. })
         ));
         assert!(matches!(
             bad(br#"{"label":"a\u0000","frame_id":1}"#),
-            Rejection::LabelBadChar { bad: '\0', .. }
+            Rejection::Label(LabelError::BadChar { bad: '\0', .. })
         ));
+        // Ids follow one rule too: a tab or newline would forge a row of the export index.
+        for (id, want) in [
+            (r#""a\nb\tc""#, IdError::BadChar { bad: '\n' }),
+            (r#""""#, IdError::Empty),
+            (r#""\u0000\u0000""#, IdError::BadChar { bad: '\0' }),
+        ] {
+            let payload = format!(r#"{{"id":{id},"label":"a","frame_id":1}}"#);
+            assert_eq!(bad(payload.as_bytes()), Rejection::Id(want), "{id}");
+            assert_eq!(json_id_hint(payload.as_bytes()), None, "not echoed: {id}");
+        }
+        let long = format!(
+            r#"{{"id":"{}","label":"a","frame_id":1}}"#,
+            "x".repeat(100_000)
+        );
+        let big = SampleLimits {
+            max_bytes: 1 << 20,
+            ..LIMITS
+        };
+        assert_eq!(
+            parse_json_sample(long.as_bytes(), &big).unwrap_err(),
+            Rejection::Id(IdError::TooLong { bytes: 100_000 })
+        );
         assert!(matches!(
             bad(br#"{"label":"a","frame_id":1,"extra":2}"#),
             Rejection::BadJson(_)

@@ -5,6 +5,7 @@ pub mod cache; // embeddings cached on disk, keyed by image content + backbone f
 pub mod dataset; // class-per-folder scan and the stratified split
 pub mod gate; // the acceptance gate: does a new head replace the active one
 pub mod head; // forward pass and the versioned, checksummed head file
+pub mod identity; // the one rule for labels and sample ids (Label, SampleId)
 pub mod imprint; // the new-class fast path: class mean as new weights, milliseconds
 pub mod ingest; // sample validation: labels, sizes, JSON forms, image headers, quotas
 pub mod metrics; // accuracy, per-class precision / recall, confusion matrix

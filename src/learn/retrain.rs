@@ -447,7 +447,10 @@ mod tests {
         let a = retrain(&after.samples(), active, &fingerprint(), &cold).unwrap();
         let b = retrain(&after.samples(), active, &fingerprint(), &cfg(false)).unwrap();
         assert_eq!(a.decision.accepted, b.decision.accepted);
-        let (x, y) = (a.decision.new_accuracy.unwrap(), b.decision.new_accuracy.unwrap());
+        let (x, y) = (
+            a.decision.new_accuracy.unwrap(),
+            b.decision.new_accuracy.unwrap(),
+        );
         assert!((x - y).abs() <= 0.02, "{x} vs {y}");
         let (a, b) = (a.deployed.unwrap().head, b.deployed.unwrap().head);
         assert!(b.report().refit_on_all && b.report().train_count == after.0.len());

@@ -18,7 +18,8 @@
 //!   be gone after a broker restart) and then moves messages from our outbox into the client.
 //!
 //! The outbox is a bounded ring: [`MqttLink::publish`] never blocks and never fails because the
-//! broker is away; when full, the oldest message is dropped and counted. rumqttc's own buffers are
+//! broker is away; when full, the oldest message is dropped and counted. A producer that must not
+//! lose a message (the export's parts) uses an [`OutboxHandle`], which waits for room instead. rumqttc's own buffers are
 //! bounded too: a small request channel, and its `pending` replay list is trimmed to
 //! `outbox_capacity` after each connection error. So memory stays bounded however long the broker
 //! is down.
@@ -47,6 +48,9 @@ use super::budget::BytePermit;
 use super::config::{read_bytes, MqttConfig, MqttConfigError, Scheme, SYSTEM_CA_BUNDLE};
 use super::messages::Availability;
 use super::topics::{Incoming, Outgoing, TopicError, Topics};
+
+mod outbox;
+pub use outbox::OutboxHandle;
 
 /// Incoming messages waiting for the daemon. Small because each may be a multi-MiB image; the
 /// daemon drains it at once (its own queue has a byte budget), so more would only hold memory.
@@ -78,6 +82,8 @@ pub enum LinkError {
     },
     #[error("mqtt link is shutting down; message for {topic} not sent")]
     Closing { topic: String },
+    #[error("no room in the mqtt outbox for {topic} within {waited:?} (is the broker reachable?)")]
+    NoRoom { topic: String, waited: Duration },
     #[error("cannot encode the {kind} payload as JSON: {source}")]
     Json {
         kind: &'static str,
@@ -385,6 +391,17 @@ impl MqttLink {
 
     pub fn counters(&self) -> LinkCounters {
         self.shared.counters()
+    }
+
+    /// A handle on the outbox for a producer that waits for room rather than losing messages
+    /// (see [`OutboxHandle`]).
+    pub fn outbox(&self) -> OutboxHandle {
+        OutboxHandle {
+            shared: Arc::clone(&self.shared),
+            topics: self.topics.clone(),
+            qos: self.qos,
+            max_packet_bytes: self.max_packet_bytes,
+        }
     }
 
     /// Changes on every successful (re)connection: what must be republished on each one

@@ -2,11 +2,15 @@
 //! without a camera, in tests, demos and for re-checking a head on known images.
 //!
 //! A directory is listed once at open (jpg/jpeg/png/bmp, non-recursive, sorted by name so replay
-//! order is reproducible); files are read on demand and handed out as `FrameData::Encoded`.
+//! order is reproducible); files are read on demand and handed out as `FrameData::Encoded`. A file
+//! over the decoder's byte cap is skipped with a warning before any of it is read (a 200 MB file
+//! dropped in the directory costs a `stat`, not 200 MB).
 
 use super::{
     Frame, FrameData, FrameSource, FrameStamper, HealthProbe, HealthState, Sleeper, SourceError,
 };
+use crate::fsutil::read_capped;
+use crate::vision::decode::DecodeLimits;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -67,6 +71,8 @@ pub struct ReplaySource {
     stamper: FrameStamper,
     probe: HealthProbe,
     sleeper: Sleeper,
+    /// Largest file read; the pipeline's decoder refuses anything larger anyway.
+    max_file_bytes: usize,
 }
 
 impl ReplaySource {
@@ -117,7 +123,14 @@ impl ReplaySource {
             stamper: FrameStamper::default(),
             probe: HealthProbe::default(),
             sleeper: super::real_sleeper(),
+            max_file_bytes: DecodeLimits::default().max_bytes,
         }
+    }
+
+    /// Sets the largest file read (default: the frame decoder's `max_bytes`).
+    pub fn with_max_file_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_file_bytes = max_bytes;
+        self
     }
 
     /// The files in replay order.
@@ -125,7 +138,8 @@ impl ReplaySource {
         &self.files
     }
 
-    /// Reads the next file, skipping (with a warning) files that vanished since the listing.
+    /// Reads the next file, skipping (with a warning) files that vanished since the listing or are
+    /// over the byte cap.
     fn read_next(&mut self) -> Result<Option<Vec<u8>>, SourceError> {
         let mut failures = 0;
         loop {
@@ -137,7 +151,7 @@ impl ReplaySource {
             }
             let path = &self.files[self.next];
             self.next += 1;
-            match std::fs::read(path) {
+            match read_capped(path, self.max_file_bytes) {
                 Ok(bytes) => return Ok(Some(bytes)),
                 Err(source) => {
                     failures += 1;
@@ -300,6 +314,30 @@ mod tests {
         assert_eq!(f, Some(FrameData::Encoded(b"2.jpg".to_vec())));
         std::fs::remove_file(d.path().join("2.jpg")).unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(s.next_frame(), Err(SourceError::Read { .. })));
+    }
+
+    #[test]
+    fn a_file_over_the_cap_is_skipped_unread() {
+        let d = tmp_with(&["1.jpg", "2.jpg"]);
+        // 200 MB sparse file: reading it whole would allocate 200 MB.
+        std::fs::File::create(d.path().join("1.jpg"))
+            .and_then(|f| f.set_len(200_000_000))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut s = ReplaySource::open_dir(d.path(), 0.0, false)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .with_max_file_bytes(1000);
+        let f = s.next_frame().ok().flatten().map(|f| f.data);
+        assert_eq!(f, Some(FrameData::Encoded(b"2.jpg".to_vec())));
+        assert!(matches!(s.next_frame(), Ok(None)));
+        // Only oversized files left: an error that says why.
+        let mut s = ReplaySource::open_file(&d.path().join("1.jpg"), 0.0, true)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = s
+            .next_frame()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("over the 33554432-byte limit"), "{err}");
     }
 
     #[test]

@@ -3,15 +3,22 @@
 //!
 //! Everything here faces outside data (uploads over MQTT, files, camera frames), so every size is
 //! checked before memory is committed to it: the payload length against `max_bytes`, then the
-//! dimensions read from the header against `max_pixels`, and only then the decoder runs. A PNG
-//! that claims to be 30000x30000 is refused after reading 24 bytes.
+//! dimensions read from the header against `max_pixels`, then the decoded size (width x height x
+//! channels x bytes per channel, as the decoder will produce it) against
+//! [`DecodeLimits::max_decoded_bytes`], and only then the decoder runs. A PNG that claims to be
+//! 30000x30000 is refused after reading 24 bytes; a 16-bit RGBA PNG (8 bytes a pixel) within the
+//! pixel cap but not within the byte budget is refused before its pixel data is inflated.
+//!
+//! Encoded images are turned upright from their EXIF orientation (phones store photos sideways
+//! and set the tag), so a sample, a classified file and a replayed file mean what a person sees.
 
 mod jpeg_markers;
 
 use std::fmt;
 use std::io::Cursor;
 
-use image::{ImageFormat, ImageReader, RgbImage};
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
 use serde::{Deserialize, Serialize};
 
 use super::preprocess::PreprocessError;
@@ -58,7 +65,36 @@ impl Default for DecodeLimits {
     }
 }
 
+/// Bytes per pixel of the 8-bit RGB images this module returns.
+const RGB8_BYTES: u64 = 3;
+
 impl DecodeLimits {
+    /// The largest decoded buffer a decoder may fill: what an 8-bit RGB image at `max_pixels`
+    /// takes. Memory follows bytes, not pixels: a 16-bit RGBA image (8 bytes a pixel) may have at
+    /// most 3/8 of `max_pixels`, an 8-bit RGBA one 3/4. Decoding one image holds at most twice
+    /// this at once (the decoded buffer, then the RGB copy or the rotated copy).
+    pub fn max_decoded_bytes(&self) -> u64 {
+        self.max_pixels.saturating_mul(RGB8_BYTES)
+    }
+
+    fn check_decoded_bytes(
+        &self,
+        width: u32,
+        height: u32,
+        bytes: u64,
+    ) -> Result<(), PreprocessError> {
+        let limit = self.max_decoded_bytes();
+        if bytes > limit {
+            return Err(PreprocessError::TooManyBytes {
+                width,
+                height,
+                bytes,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
     fn check_bytes(&self, len: usize) -> Result<(), PreprocessError> {
         if len == 0 {
             return Err(PreprocessError::Empty);
@@ -172,12 +208,15 @@ fn declared_dimensions(format: ImageFormat, bytes: &[u8]) -> Result<(u32, u32), 
     }
 }
 
-/// Decodes a JPEG, PNG or BMP file to 8-bit RGB (alpha is dropped, gray is replicated).
+/// Decodes a JPEG, PNG or BMP file to 8-bit RGB (alpha is dropped, gray is replicated), turned
+/// upright from its EXIF orientation.
 ///
 /// The format comes from the content. Sizes are checked in this order, each before any work that
-/// depends on it: payload length, then the header's dimensions; the decoder is then held to those
-/// same dimensions through image's own `Limits`, in case its reading of the header differs.
-/// EXIF orientation is not applied (the reference tensors ignore it too).
+/// depends on it: payload length, then the header's dimensions, then the decoded size the decoder
+/// announces from the header (its real channel count and bit depth, e.g. a palette PNG expands to
+/// RGB); the decoder is then held to those same dimensions and that byte budget through image's
+/// own `Limits`, in case its reading of the header differs. A damaged EXIF block is ignored (the
+/// image is used as stored) rather than refusing a decodable image.
 pub fn decode_image(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, PreprocessError> {
     limits.check_bytes(bytes.len())?;
     let format = sniff_format(bytes)?;
@@ -194,9 +233,30 @@ pub fn decode_image(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, Pre
     let mut image_limits = image::Limits::default();
     image_limits.max_image_width = Some(width);
     image_limits.max_image_height = Some(height);
+    image_limits.max_alloc = Some(limits.max_decoded_bytes());
     reader.limits(image_limits);
-    let decoded = reader.decode().map_err(|e| corrupt(format, e))?;
-    Ok(decoded.into_rgb8())
+    let mut decoder = reader.into_decoder().map_err(|e| corrupt(format, e))?;
+    limits.check_decoded_bytes(width, height, decoder.total_bytes())?;
+    let orientation = decoder.orientation().unwrap_or_else(|e| {
+        log::debug!(
+            "{}: unreadable EXIF orientation ignored: {e}",
+            format_name(format)
+        );
+        Orientation::NoTransforms
+    });
+    let decoded = DynamicImage::from_decoder(decoder).map_err(|e| corrupt(format, e))?;
+    Ok(upright(decoded.into_rgb8(), orientation))
+}
+
+/// Applies an EXIF orientation to an RGB image (converted first, so a rotation copies 3 bytes a
+/// pixel, not the decoder's 4 or 8).
+fn upright(image: RgbImage, orientation: Orientation) -> RgbImage {
+    if orientation == Orientation::NoTransforms {
+        return image;
+    }
+    let mut image = DynamicImage::ImageRgb8(image);
+    image.apply_orientation(orientation);
+    image.into_rgb8()
 }
 
 /// Converts one raw camera frame to 8-bit RGB.
@@ -476,6 +536,59 @@ mod tests {
                     ..
                 }
             ),
+            "{err}"
+        );
+    }
+
+    /// A PNG of `width` x `height` in `color` (8 or 16 bits per channel), from a gradient.
+    fn png_of(width: u32, height: u32, color: image::ExtendedColorType) -> Vec<u8> {
+        use image::ImageEncoder;
+        let bytes_per_pixel = usize::from(color.bits_per_pixel() / 8);
+        let data: Vec<u8> = (0..width as usize * height as usize * bytes_per_pixel)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let mut out = Vec::new();
+        image::codecs::png::PngEncoder::new(&mut out)
+            .write_image(&data, width, height, color)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn the_byte_budget_counts_channels_and_bit_depth() {
+        use image::ExtendedColorType::{Rgb8, Rgba16, Rgba8};
+        // 64x48 pixels: the budget is what 64x48 RGB8 takes, 9216 bytes.
+        let cap = DecodeLimits {
+            max_pixels: 64 * 48,
+            ..limits()
+        };
+        assert_eq!(cap.max_decoded_bytes(), 9216);
+        assert_eq!(
+            decode_image(&png_of(64, 48, Rgb8), &cap)
+                .unwrap()
+                .dimensions(),
+            (64, 48)
+        );
+        // 16-bit RGBA at the pixel cap is 8 bytes a pixel: refused from its header.
+        let err = decode_image(&png_of(64, 48, Rgba16), &cap).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PreprocessError::TooManyBytes {
+                    width: 64,
+                    height: 48,
+                    bytes: 24_576,
+                    limit: 9216
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("refused before decoding"), "{err}");
+        // 8-bit RGBA: exactly at the budget (48x48x4 = 9216) passes, one column more does not.
+        assert!(decode_image(&png_of(48, 48, Rgba8), &cap).is_ok());
+        let err = decode_image(&png_of(49, 48, Rgba8), &cap).unwrap_err();
+        assert!(
+            matches!(err, PreprocessError::TooManyBytes { bytes: 9408, .. }),
             "{err}"
         );
     }

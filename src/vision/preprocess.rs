@@ -25,6 +25,16 @@ pub enum PreprocessError {
     TooLarge { bytes: usize, limit: usize },
     #[error("image is {width}x{height}, over the {limit}-pixel limit (refused before decoding)")]
     TooManyPixels { width: u32, height: u32, limit: u64 },
+    #[error(
+        "image is {width}x{height} and would decode to {bytes} bytes, over the {limit}-byte \
+         budget (3 bytes x the pixel limit; refused before decoding)"
+    )]
+    TooManyBytes {
+        width: u32,
+        height: u32,
+        bytes: u64,
+        limit: u64,
+    },
     #[error("image format not recognized (JPEG, PNG or BMP expected), first bytes: {head}")]
     UnknownFormat { head: String },
     #[error("corrupt {0}")]

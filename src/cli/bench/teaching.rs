@@ -27,6 +27,7 @@ use crate::daemon::learner::{
 };
 use crate::daemon::pipeline::HeadCell;
 use crate::learn::cache::content_hash;
+use crate::learn::identity::{Label, SampleId};
 use crate::mqtt::messages::learning::{Ack, AckStatus, Command};
 use crate::store::{NewSample, Store};
 use crate::vision::backbone::Backbone;
@@ -125,8 +126,8 @@ impl Driver {
             .with_context(|| format!("reading {}", set.files[i].display()))?;
         let hash = content_hash(&bytes);
         let ack = self.call(LearnRequest::Sample(SampleRequest {
-            id: hash.clone(),
-            label: set.classes[set.labels[i]].clone(),
+            id: SampleId::of_content(hash.clone()),
+            label: Label::new(set.classes[set.labels[i]].clone())?,
             source: "image",
             content_hash: hash,
             content: SampleContent::Image(bytes),

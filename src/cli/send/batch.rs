@@ -16,6 +16,7 @@ use rumqttc::QoS;
 use super::tally::{Outcome, Tally};
 use super::{is_busy, is_too_large_for, too_large_for_device, SendArgs, Session};
 use crate::learn::cache::content_hash;
+use crate::learn::identity::Label;
 use crate::mqtt::messages::learning::{Ack, AckStatus};
 
 /// One file on its way: which, how often it was sent.
@@ -64,7 +65,7 @@ fn outcome_of(ack: &Ack) -> Outcome {
 /// Sends every file, at most `args.in_flight` at a time, and counts what became of each.
 pub(super) fn send_all(
     session: &Session,
-    files: &[(PathBuf, String)],
+    files: &[(PathBuf, Label)],
     args: &SendArgs,
     limit: usize,
 ) -> anyhow::Result<Tally> {
@@ -142,7 +143,7 @@ pub(super) fn send_all(
                 id,
                 Flight {
                     job,
-                    label: label.clone(),
+                    label: label.to_string(),
                     bytes: size,
                     deadline: now + session.timeout,
                 },

@@ -2,9 +2,16 @@
 //! `<state_dir>/exports/samples-<ms>.tar`. One archive at a time: writing a new one removes the
 //! previous ones first, a failed write removes its temp file, and the daemon deletes the archive
 //! once it is published, so exports never fill the disk.
+//!
+//! Directory names come from [`Label::dir_name`] (portable, at most 200 bytes: a 64-emoji label
+//! is 256 bytes, over the 255 most file systems allow). `index.tsv` holds the exact label and id
+//! with backslash, tab, newline, carriage return and other ASCII control characters escaped as
+//! `\\`, `\t`, `\n`, `\r` and `\xHH`, so no field can forge a row, even one stored before
+//! the id rule (src/learn/identity.rs) existed.
 
 use std::path::{Path, PathBuf};
 
+use crate::learn::identity::{portable_dir_name, Label};
 use crate::mqtt::messages::now_unix_ms;
 
 /// The folder under the state directory.
@@ -35,9 +42,14 @@ fn write_to(
         let mut tar = tar::Builder::new(file);
         let mut index = String::from("file\tlabel\tid\n");
         for (i, (id, label, thumbnail)) in rows.iter().enumerate() {
-            let name = format!("{}/{i:06}.jpg", safe_dir_name(label));
+            let name = format!("{}/{i:06}.jpg", dir_name(label));
             append(&mut tar, &name, thumbnail)?;
-            index.push_str(&format!("{name}\t{label}\t{id}\n"));
+            index.push_str(&format!(
+                "{}\t{}\t{}\n",
+                tsv_field(&name),
+                tsv_field(label),
+                tsv_field(id)
+            ));
         }
         append(&mut tar, "index.tsv", index.as_bytes())?;
         tar.into_inner()?.sync_all()?;
@@ -80,17 +92,29 @@ fn append(tar: &mut tar::Builder<std::fs::File>, name: &str, data: &[u8]) -> std
     tar.append_data(&mut header, name, data)
 }
 
-/// A label as one safe path component (labels may be `..` or contain `\`).
-fn safe_dir_name(label: &str) -> String {
-    let cleaned: String = label
-        .chars()
-        .map(|c| if c == '\\' { '_' } else { c })
-        .collect();
-    if cleaned == "." || cleaned == ".." {
-        format!("_{cleaned}")
-    } else {
-        cleaned
+/// A label as one safe path component: [`Label::dir_name`], or for a label stored before the
+/// label rule existed, the same treatment of its raw text.
+fn dir_name(label: &str) -> String {
+    match Label::new(label) {
+        Ok(label) => label.dir_name(),
+        Err(_) => portable_dir_name(label),
     }
+}
+
+/// One `index.tsv` field with the characters that would end it escaped.
+fn tsv_field(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_ascii_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -130,5 +154,53 @@ mod tests {
         let err = write_to(&exports, "taken.tar", &rows).unwrap_err();
         assert!(err.contains("taken.tar"), "{err}");
         assert_eq!(names(dir.path()), ["taken.tar"]);
+    }
+
+    /// The archive's entries: (path, contents).
+    fn read(path: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut archive = tar::Archive::new(std::fs::File::open(path).unwrap());
+        archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let mut data = Vec::new();
+                std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+                (e.path().unwrap().display().to_string(), data)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn long_labels_and_hostile_ids_stay_inside_their_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let emoji = "🐈".repeat(64);
+        let rows = vec![
+            (emoji.clone(), emoji.clone(), b"a".to_vec()),
+            // Rows stored before the id and label rules: they must not forge rows or paths.
+            ("a\nb\tc".to_string(), "x/../y".to_string(), b"b".to_vec()),
+            ("back\\slash\0".to_string(), "ok".to_string(), b"c".to_vec()),
+        ];
+        let (path, _) = write_archive(dir.path(), &rows).unwrap();
+        let entries = read(&path);
+        let names: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
+        let cat_dir = "🐈".repeat(50);
+        assert_eq!(
+            names,
+            [
+                format!("{cat_dir}/000000.jpg").as_str(),
+                "x_.._y/000001.jpg",
+                "ok/000002.jpg",
+                "index.tsv"
+            ]
+        );
+        assert!(names.iter().all(|n| n.split('/').all(|c| c.len() <= 255)));
+        let index = String::from_utf8(entries[3].1.clone()).unwrap();
+        let lines: Vec<&str> = index.lines().collect();
+        assert_eq!(lines.len(), 4, "{index}");
+        assert_eq!(lines[1], format!("{cat_dir}/000000.jpg\t{emoji}\t{emoji}"));
+        assert_eq!(lines[2], "x_.._y/000001.jpg\tx/../y\ta\\nb\\tc");
+        assert_eq!(lines[3], "ok/000002.jpg\tok\tback\\\\slash\\x00");
+        assert!(lines.iter().all(|l| l.split('\t').count() == 3));
     }
 }

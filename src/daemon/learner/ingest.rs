@@ -43,7 +43,7 @@ impl Ingest {
             }
             match request {
                 LearnRequest::Sample(sample) => {
-                    let label = sample.label.clone();
+                    let label = sample.label.to_string();
                     let ack = self.sample(sample);
                     let accepted = ack.status == Some(AckStatus::Accepted);
                     self.events.send(LearnEvent::Ack(ack));
@@ -59,8 +59,8 @@ impl Ingest {
 
     fn sample(&mut self, sample: SampleRequest) -> Ack {
         let skeleton = Ack::sample(
-            Some(sample.id.clone()),
-            Some(sample.label.clone()),
+            Some(sample.id.to_string()),
+            Some(sample.label.to_string()),
             AckStatus::Rejected,
         );
         match self.store_sample(sample) {
@@ -80,7 +80,7 @@ impl Ingest {
     fn store_sample(&mut self, sample: SampleRequest) -> Result<(AckStatus, u64), Rejection> {
         let internal = |e: StoreError| Rejection::Internal(e.to_string());
         let counts = self.store.label_counts().map_err(internal)?;
-        let count = counts.get(&sample.label).copied().unwrap_or(0);
+        let count = counts.get(sample.label.as_str()).copied().unwrap_or(0);
         if self
             .store
             .contains(&sample.content_hash, &sample.label)
@@ -88,7 +88,7 @@ impl Ingest {
         {
             return Ok((AckStatus::Duplicate, count));
         }
-        check_quota(&counts, &sample.label, &self.limits)?;
+        check_quota(&counts, sample.label.as_str(), &self.limits)?;
         let (embedding, thumbnail) = match sample.content {
             SampleContent::Image(bytes) => {
                 let image = decode_sample(&bytes, &self.limits)?;

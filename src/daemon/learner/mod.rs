@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 use super::liveness::{spawn_watched, Busy, DeathReporter};
 use super::pipeline::HeadCell;
 use crate::config::LearningConfig;
+use crate::learn::identity::{Label, SampleId};
 use crate::learn::ingest::SampleLimits;
 use crate::mqtt::budget::BytePermit;
 use crate::mqtt::messages::learning::{Ack, Command, TrainingReport};
@@ -58,9 +59,10 @@ pub enum SampleContent {
 /// A sample whose payload, label and size were checked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SampleRequest {
-    /// What the ack reports: the content hash for raw images, the sender's id for JSON.
-    pub id: String,
-    pub label: String,
+    /// What the ack reports: the content hash for raw images, the sender's id for JSON. Typed:
+    /// the one id and label rule (src/learn/identity.rs) was checked where the message entered.
+    pub id: SampleId,
+    pub label: Label,
     /// `image`, `json` or `frame` (how it was taught).
     pub source: &'static str,
     pub content_hash: String,
@@ -84,7 +86,7 @@ impl LearnRequest {
         use crate::mqtt::messages::learning::AckStatus::Rejected;
         match self {
             LearnRequest::Sample(s) => {
-                Ack::sample(Some(s.id.clone()), Some(s.label.clone()), Rejected)
+                Ack::sample(Some(s.id.to_string()), Some(s.label.to_string()), Rejected)
             }
             LearnRequest::Command { id, name, .. } => Ack::command(id.clone(), name, Rejected),
         }
@@ -101,8 +103,8 @@ pub enum LearnEvent {
     /// The head in the cell changed (new version, rollback, imprint, none after a forget): the
     /// daemon republishes what depends on the classes (Home Assistant discovery).
     HeadChanged { version: Option<u64> },
-    /// `export` wrote an archive; with `publish`, the daemon publishes it (when it fits) before
-    /// the ack, then deletes the file.
+    /// `export` wrote an archive; with `publish`, the daemon publishes it in numbered parts
+    /// before the ack (src/daemon/export_stream.rs), then deletes the file.
     Export {
         path: PathBuf,
         bytes: u64,

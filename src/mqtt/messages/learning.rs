@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::learn::gate::GateDecision;
+use crate::learn::identity::SampleId;
 use crate::learn::metrics::Evaluation;
 
 /// `accepted | duplicate | rejected`: a sample already stored, or a command id already executed,
@@ -54,6 +55,12 @@ pub struct Ack {
     pub bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub published: Option<bool>,
+    /// `export` with `publish`: how many parts were published on `export` before this ack, and
+    /// the archive's sha256 (hex); see `messages::export`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub parts: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub sha256: Option<String>,
     /// `forget`: samples deleted.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub deleted: Option<u64>,
@@ -142,10 +149,15 @@ pub fn parse_command(name: &str, payload: &[u8]) -> (Option<String>, Result<Comm
             None => Err("forget needs {\"label\": \"...\"}".to_string()),
         },
         other => Err(format!(
-            "unknown command {other:?} (known: retrain, rollback, forget, labels, export)"
+            "unknown command {:?} (known: retrain, rollback, forget, labels, export)",
+            other.chars().take(64).collect::<String>()
         )),
     };
-    (args.id, command)
+    // Ids follow the sample id rule: echoed in the ack, so never a forged or huge one.
+    match args.id.map(SampleId::new).transpose() {
+        Ok(id) => (id.map(SampleId::into_string), command),
+        Err(e) => (None, Err(e.to_string())),
+    }
 }
 
 /// The retained training report on `{p}/{d}/report`.
@@ -205,6 +217,11 @@ mod tests {
         let (id, result) = parse_command("selfdestruct", br#"{"id":"z"}"#);
         assert_eq!(id.as_deref(), Some("z"));
         assert!(result.unwrap_err().contains("unknown command"));
+        let (id, result) = parse_command("retrain", br#"{"id":"a\nb\tc"}"#);
+        assert_eq!(id, None);
+        assert!(result.unwrap_err().contains("id contains"));
+        let (_, result) = parse_command(&"x".repeat(10_000), b"");
+        assert!(result.unwrap_err().len() < 200);
         assert!(parse_command("labels", b"{nope")
             .1
             .unwrap_err()

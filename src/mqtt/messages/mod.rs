@@ -5,6 +5,7 @@
 //! Times are unix milliseconds (`*_ms` fields): no time-zone parsing on constrained consumers.
 
 pub mod availability; // online / offline / stopped (plain text, retained)
+pub mod export; // the samples archive in numbered, checksummed parts on `export`
 pub mod learning; // teaching: acks, commands, the training report
 pub mod prediction; // one classified frame
 pub mod state; // the smoothed current label (retained)
