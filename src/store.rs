@@ -441,19 +441,30 @@ impl Store {
         Ok(out)
     }
 
-    /// `(id, label, thumbnail)` of every sample that has a thumbnail, for export.
-    pub fn thumbnails(&self) -> Result<Vec<(String, String, Vec<u8>)>, StoreError> {
+    /// Calls `row` with each sample's id, label and thumbnail (samples without one are skipped),
+    /// oldest first, reading one row at a time: an export of 50,000 samples never holds more
+    /// than one thumbnail in memory. Stops at the first error `row` returns, as a `String`.
+    pub fn each_thumbnail(
+        &self,
+        row: &mut dyn FnMut(&str, &str, &[u8]) -> std::io::Result<()>,
+    ) -> Result<usize, String> {
+        let read = |e: rusqlite::Error| self.err("read thumbnails")(e).to_string();
         let mut stmt = self
             .conn
             .prepare(
                 "SELECT id, label, thumbnail FROM samples WHERE thumbnail IS NOT NULL ORDER BY rowid",
             )
-            .map_err(self.err("read thumbnails"))?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .map_err(self.err("read thumbnails"))?;
-        rows.collect::<Result<Vec<_>, _>>()
-            .map_err(self.err("read thumbnails"))
+            .map_err(read)?;
+        let mut rows = stmt.query([]).map_err(read)?;
+        let mut count = 0;
+        while let Some(r) = rows.next().map_err(read)? {
+            let id = r.get_ref(0).and_then(|v| Ok(v.as_str()?)).map_err(read)?;
+            let label = r.get_ref(1).and_then(|v| Ok(v.as_str()?)).map_err(read)?;
+            let thumbnail = r.get_ref(2).and_then(|v| Ok(v.as_blob()?)).map_err(read)?;
+            row(id, label, thumbnail).map_err(|e| e.to_string())?;
+            count += 1;
+        }
+        Ok(count)
     }
 
     /// Deletes every sample of `label`; returns how many.
@@ -706,7 +717,19 @@ mod tests {
         assert_eq!(store.delete_label("cat").unwrap(), 1);
         assert_eq!(store.samples("fp").unwrap().len(), 1);
         assert!(store.samples("other").unwrap().is_empty());
-        assert_eq!(store.thumbnails().unwrap().len(), 1);
+        let mut seen = Vec::new();
+        let count = store
+            .each_thumbnail(&mut |id, label, jpeg| {
+                seen.push((id.to_string(), label.to_string(), jpeg.len()));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(count, 1);
+        assert_eq!(seen.len(), 1);
+        let err = store
+            .each_thumbnail(&mut |_, _, _| Err(std::io::Error::other("disk full")))
+            .unwrap_err();
+        assert!(err.contains("disk full"), "{err}");
     }
 
     #[test]

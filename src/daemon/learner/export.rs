@@ -18,11 +18,16 @@ use crate::mqtt::messages::now_unix_ms;
 pub const EXPORTS_DIR: &str = "exports";
 const TMP: &str = ".export.tmp";
 
-/// Writes `(id, label, thumbnail)` rows into a new archive in `state_dir/exports`; returns its
-/// path and size. Any earlier archive there is deleted first.
+/// Appends one `(id, label, thumbnail)` row to the archive being written.
+pub type RowSink<'a> = dyn FnMut(&str, &str, &[u8]) -> std::io::Result<()> + 'a;
+
+/// Writes the rows `rows` feeds (it calls the sink once per row and returns how many) into a new
+/// archive in `state_dir/exports`; returns its path and size. Any earlier archive there is
+/// deleted first. Rows stream from the store one at a time: only `index.tsv` (about 100 bytes
+/// per sample) is kept in memory.
 pub fn write_archive(
     state_dir: &Path,
-    rows: &[(String, String, Vec<u8>)],
+    rows: &mut dyn FnMut(&mut RowSink) -> Result<usize, String>,
 ) -> Result<(PathBuf, u64), String> {
     let dir = state_dir.join(EXPORTS_DIR);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -33,15 +38,18 @@ pub fn write_archive(
 fn write_to(
     dir: &Path,
     name: &str,
-    rows: &[(String, String, Vec<u8>)],
+    rows: &mut dyn FnMut(&mut RowSink) -> Result<usize, String>,
 ) -> Result<(PathBuf, u64), String> {
     let path = dir.join(name);
     let tmp = dir.join(TMP);
-    let write = || -> std::io::Result<()> {
-        let file = std::fs::File::create(&tmp)?;
+    let failed = |e: String| format!("cannot write {}: {e}", path.display());
+    let mut write = || -> Result<usize, String> {
+        let io = |e: std::io::Error| e.to_string();
+        let file = std::fs::File::create(&tmp).map_err(io)?;
         let mut tar = tar::Builder::new(file);
         let mut index = String::from("file\tlabel\tid\n");
-        for (i, (id, label, thumbnail)) in rows.iter().enumerate() {
+        let mut i = 0usize;
+        let count = rows(&mut |id, label, thumbnail| {
             let name = format!("{}/{i:06}.jpg", dir_name(label));
             append(&mut tar, &name, thumbnail)?;
             index.push_str(&format!(
@@ -50,19 +58,24 @@ fn write_to(
                 tsv_field(label),
                 tsv_field(id)
             ));
-        }
-        append(&mut tar, "index.tsv", index.as_bytes())?;
-        tar.into_inner()?.sync_all()?;
-        std::fs::rename(&tmp, &path)
+            i += 1;
+            Ok(())
+        })?;
+        append(&mut tar, "index.tsv", index.as_bytes()).map_err(io)?;
+        tar.into_inner().map_err(io)?.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        Ok(count)
     };
-    if let Err(e) = write() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(format!("cannot write {}: {e}", path.display()));
-    }
+    let count = match write() {
+        Ok(count) => count,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(failed(e));
+        }
+    };
     let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     log::info!(
-        "exported {} samples to {} ({bytes} bytes)",
-        rows.len(),
+        "exported {count} samples to {} ({bytes} bytes)",
         path.display()
     );
     Ok((path, bytes))
@@ -121,6 +134,18 @@ fn tsv_field(text: &str) -> String {
 mod tests {
     use super::*;
 
+    /// Rows from memory, as the store would feed them.
+    fn slice(
+        rows: &[(String, String, Vec<u8>)],
+    ) -> impl FnMut(&mut RowSink) -> Result<usize, String> + '_ {
+        move |sink: &mut RowSink| {
+            for (id, label, thumbnail) in rows {
+                sink(id, label, thumbnail).map_err(|e| e.to_string())?;
+            }
+            Ok(rows.len())
+        }
+    }
+
     fn names(dir: &Path) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(dir.join(EXPORTS_DIR))
             .unwrap()
@@ -134,9 +159,9 @@ mod tests {
     fn one_archive_at_a_time_and_no_temp_file_left() {
         let dir = tempfile::tempdir().unwrap();
         let rows = vec![("id1".to_string(), "..".to_string(), b"jpg".to_vec())];
-        let (first, _) = write_archive(dir.path(), &rows).unwrap();
+        let (first, _) = write_archive(dir.path(), &mut slice(&rows)).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(2));
-        let (second, bytes) = write_archive(dir.path(), &rows).unwrap();
+        let (second, bytes) = write_archive(dir.path(), &mut slice(&rows)).unwrap();
         assert_ne!(first, second);
         assert!(!first.exists() && second.exists() && bytes > 0);
         let mut archive = tar::Archive::new(std::fs::File::open(&second).unwrap());
@@ -151,7 +176,7 @@ mod tests {
         std::fs::remove_file(&second).unwrap();
         let exports = dir.path().join(EXPORTS_DIR);
         std::fs::create_dir_all(exports.join("taken.tar/x")).unwrap();
-        let err = write_to(&exports, "taken.tar", &rows).unwrap_err();
+        let err = write_to(&exports, "taken.tar", &mut slice(&rows)).unwrap_err();
         assert!(err.contains("taken.tar"), "{err}");
         assert_eq!(names(dir.path()), ["taken.tar"]);
     }
@@ -181,7 +206,7 @@ mod tests {
             ("a\nb\tc".to_string(), "x/../y".to_string(), b"b".to_vec()),
             ("back\\slash\0".to_string(), "ok".to_string(), b"c".to_vec()),
         ];
-        let (path, _) = write_archive(dir.path(), &rows).unwrap();
+        let (path, _) = write_archive(dir.path(), &mut slice(&rows)).unwrap();
         let entries = read(&path);
         let names: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
         let cat_dir = "🐈".repeat(50);

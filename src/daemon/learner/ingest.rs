@@ -157,11 +157,10 @@ impl Ingest {
                 Err(e) => (LearnEvent::Ack(rejected(e.to_string())), false),
             },
             Command::Export { publish } => {
-                let written = self
-                    .store
-                    .thumbnails()
-                    .map_err(|e| e.to_string())
-                    .and_then(|rows| export::write_archive(&self.settings.state_dir, &rows));
+                let store = &self.store;
+                let written = export::write_archive(&self.settings.state_dir, &mut |sink| {
+                    store.each_thumbnail(sink)
+                });
                 match written {
                     Ok((path, bytes)) => (
                         LearnEvent::Export {
