@@ -294,7 +294,12 @@ fn print_report(r: &LearningReport) {
         "training work alone (gate twin + refit on all), median of {} runs:",
         t.cold.runs
     );
-    for s in [&t.cold, &t.warm_more_samples, &t.warm_new_class] {
+    for s in [
+        &t.cold,
+        &t.warm_more_samples,
+        &t.warm_new_class,
+        &t.cold_new_class,
+    ] {
         println!(
             "  {:<34} {:>5} samples: {:>6.0} ms ({:.0} twin + {:.0} refit; {} + {} iterations), held-out accuracy {:.4} on {}",
             s.name,

@@ -47,6 +47,8 @@ pub struct RetrainFigures {
     pub cold: Scenario,
     pub warm_more_samples: Scenario,
     pub warm_new_class: Scenario,
+    /// The new-class data trained from zero: what the warm start is compared with.
+    pub cold_new_class: Scenario,
     /// Held-out accuracy of the reference fit on the full set's holdout split.
     pub reference_accuracy: f32,
     pub reference_iterations: usize,
@@ -228,6 +230,27 @@ pub fn measure(
     say(format!(
         "warm, after a new class with {NEW_CLASS_SAMPLES} samples..."
     ));
+    // A different class is "new" in each run; the others keep all their samples.
+    let new_class_rows = |run: usize| {
+        let class = run % set.classes.len();
+        let mut rng = ChaCha8Rng::seed_from_u64(100 + run as u64);
+        let mut members: Vec<usize> = everything
+            .iter()
+            .copied()
+            .filter(|&i| set.labels[i] == class)
+            .collect();
+        members.shuffle(&mut rng);
+        members.truncate(NEW_CLASS_SAMPLES);
+        let before: Vec<usize> = everything
+            .iter()
+            .copied()
+            .filter(|&i| set.labels[i] != class)
+            .collect();
+        let mut now = before.clone();
+        now.extend(&members);
+        now.sort_unstable();
+        (now, before)
+    };
     let warm_new_class = scenario(
         &format!("warm, new class with {NEW_CLASS_SAMPLES} samples"),
         set,
@@ -235,26 +258,18 @@ pub fn measure(
         &cfg,
         runs,
         |run| {
-            // A different class is "new" in each run; the others keep all their samples.
-            let class = run % set.classes.len();
-            let mut rng = ChaCha8Rng::seed_from_u64(100 + run as u64);
-            let mut members: Vec<usize> = everything
-                .iter()
-                .copied()
-                .filter(|&i| set.labels[i] == class)
-                .collect();
-            members.shuffle(&mut rng);
-            members.truncate(NEW_CLASS_SAMPLES);
-            let before: Vec<usize> = everything
-                .iter()
-                .copied()
-                .filter(|&i| set.labels[i] != class)
-                .collect();
-            let mut now = before.clone();
-            now.extend(&members);
-            now.sort_unstable();
+            let (now, before) = new_class_rows(run);
             (now, Some(before))
         },
+    )?;
+    say("the same new-class data, cold...".into());
+    let cold_new_class = scenario(
+        &format!("cold, new class with {NEW_CLASS_SAMPLES} samples"),
+        set,
+        fingerprint,
+        &cfg,
+        runs,
+        |run| (new_class_rows(run).0, None),
     )?;
     say("reference: logistic regression from zero to a 50x tighter tolerance...".into());
     let reference_cfg = TrainConfig {
@@ -277,6 +292,7 @@ pub fn measure(
         cold,
         warm_more_samples,
         warm_new_class,
+        cold_new_class,
         reference_accuracy: reference
             .report()
             .validation

@@ -207,19 +207,26 @@ impl Trainer {
         if let Err(reason) = &result {
             log::info!("automatic retraining skipped: {reason}");
         }
-        self.after_training(result, false, rx);
+        self.after_training(result, false, rx, None);
     }
 
     /// Drains what arrived while a head trained: `retrain`s at the front join the training that
-    /// just finished (one ack each, with its result); the rest waits in the backlog, in order.
+    /// just finished (one ack each, with its result, after `own_ack`, the ack of the command
+    /// that ran it); the rest waits in the backlog, in order. The queue is drained before
+    /// `own_ack` goes out, so a retrain sent after that ack is a new request, never a joiner.
     fn after_training(
         &mut self,
         result: Result<Trained, String>,
         forced: bool,
         rx: &Receiver<TrainerMsg>,
+        own_ack: Option<Ack>,
     ) {
+        let arrived: Vec<TrainerMsg> = rx.try_iter().collect();
+        if let Some(ack) = own_ack {
+            self.events.send(LearnEvent::Ack(ack));
+        }
         let mut joining = true;
-        while let Ok(message) = rx.try_recv() {
+        for message in arrived {
             match message {
                 TrainerMsg::Accepted { .. } => self.last_sample = Some(Instant::now()),
                 TrainerMsg::Command {
@@ -262,8 +269,7 @@ impl Trainer {
             Command::Retrain { force } => {
                 let result = self.retrain("command", force);
                 let ack = retrain_ack(id.clone(), name, &result, false);
-                self.events.send(LearnEvent::Ack(ack));
-                return self.after_training(result, force, rx);
+                return self.after_training(result, force, rx, Some(ack));
             }
             Command::Rollback => match self.rollback() {
                 Ok(version) => Ack {
