@@ -355,7 +355,15 @@ impl Trainer {
         let old = self.head.load_full();
         let active = Active {
             gate_head: old.as_deref().map(LoadedHead::gate_head),
-            head: old.as_deref().map(|loaded| &loaded.head),
+            // An imprinted head's new columns are a poor start for L-BFGS (measured: the fit
+            // hits its iteration cap); its gate twin is the stored training without them.
+            head: old.as_deref().map(|loaded| {
+                if loaded.provisional {
+                    loaded.gate_head()
+                } else {
+                    &loaded.head
+                }
+            }),
         };
         let outcome = match retrain(&samples, active, &self.fingerprint, &cfg) {
             Ok(outcome) => outcome,
