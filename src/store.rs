@@ -111,6 +111,9 @@ pub enum StoreError {
     },
 }
 
+/// Takes one sample's id, label and thumbnail (see [`Store::each_thumbnail`]).
+pub type ThumbnailSink<'a> = dyn FnMut(&str, &str, &[u8]) -> std::io::Result<()> + 'a;
+
 /// A sample about to be stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewSample<'a> {
@@ -444,10 +447,7 @@ impl Store {
     /// Calls `row` with each sample's id, label and thumbnail (samples without one are skipped),
     /// oldest first, reading one row at a time: an export of 50,000 samples never holds more
     /// than one thumbnail in memory. Stops at the first error `row` returns, as a `String`.
-    pub fn each_thumbnail(
-        &self,
-        row: &mut dyn FnMut(&str, &str, &[u8]) -> std::io::Result<()>,
-    ) -> Result<usize, String> {
+    pub fn each_thumbnail(&self, row: &mut ThumbnailSink) -> Result<usize, String> {
         let read = |e: rusqlite::Error| self.err("read thumbnails")(e).to_string();
         let mut stmt = self
             .conn
