@@ -10,7 +10,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::{Mosquitto, Msg, Subscriber};
@@ -81,15 +81,7 @@ level = "info"
         );
         std::fs::write(&config, text).expect("write config");
         let log = dir.join("daemon.log");
-        let out = std::fs::File::create(&log).expect("log");
-        let child = Command::new(GLIMPSE)
-            .args(["run", "--config"])
-            .arg(&config)
-            .env_remove("NOTIFY_SOCKET")
-            .stdout(Stdio::from(out.try_clone().expect("log")))
-            .stderr(Stdio::from(out))
-            .spawn()
-            .expect("spawn glimpse run");
+        let child = common::spawn_run(GLIMPSE, &config, &log);
         Daemon { child, log }
     }
 

@@ -308,6 +308,27 @@ mod tests {
         }
     }
 
+    /// The head a first retrain of `data` deploys (no active head).
+    fn first_head(data: &Owned) -> Deployed {
+        retrain(
+            &data.samples(),
+            Active::default(),
+            &fingerprint(),
+            &cfg(false),
+        )
+        .unwrap()
+        .deployed
+        .unwrap()
+    }
+
+    /// `deployed` as the active version.
+    fn active_of(deployed: &Deployed) -> Active<'_> {
+        Active {
+            gate_head: deployed.gate.as_ref(),
+            head: Some(&deployed.head),
+        }
+    }
+
     #[test]
     fn first_head_is_accepted_refit_on_all_with_a_gate_twin() {
         let data = Owned::blobs(&["a", "b", "c"], 30, 1.0, 1);
@@ -335,15 +356,7 @@ mod tests {
     #[test]
     fn a_worse_head_is_rejected_unless_forced() {
         let good = Owned::blobs(&["a", "b"], 40, 1.0, 2);
-        let first = retrain(
-            &good.samples(),
-            Active::default(),
-            &fingerprint(),
-            &cfg(false),
-        )
-        .unwrap()
-        .deployed
-        .unwrap();
+        let first = first_head(&good);
         // Same contents (so the same holdout), the training side's labels swapped: the new
         // head learns the opposite of what the holdout says, the old one gets it right.
         let mut scrambled = Owned::blobs(&["a", "b"], 40, 1.0, 2);
@@ -354,10 +367,7 @@ mod tests {
             let row = &mut scrambled.0[i];
             row.0 = if row.0 == "a" { "b" } else { "a" }.to_string();
         }
-        let active = Active {
-            gate_head: first.gate.as_ref(),
-            head: Some(&first.head),
-        };
+        let active = active_of(&first);
         let out = retrain(&scrambled.samples(), active, &fingerprint(), &cfg(false)).unwrap();
         assert!(!out.decision.accepted, "{:?}", out.decision);
         assert!(out.deployed.is_none());
@@ -369,20 +379,9 @@ mod tests {
     #[test]
     fn a_new_class_is_judged_on_the_old_classes() {
         let two = Owned::blobs(&["a", "b"], 30, 1.0, 3);
-        let first = retrain(
-            &two.samples(),
-            Active::default(),
-            &fingerprint(),
-            &cfg(false),
-        )
-        .unwrap()
-        .deployed
-        .unwrap();
+        let first = first_head(&two);
         let three = Owned::blobs(&["a", "b", "c"], 30, 1.0, 3);
-        let active = Active {
-            gate_head: first.gate.as_ref(),
-            head: Some(&first.head),
-        };
+        let active = active_of(&first);
         let out = retrain(&three.samples(), active, &fingerprint(), &cfg(false)).unwrap();
         assert!(out.decision.accepted, "{:?}", out.decision);
         // Only holdout samples of a and b were compared.
@@ -423,22 +422,11 @@ mod tests {
     #[test]
     fn warm_and_parallel_retrains_agree_with_cold_sequential_ones() {
         let before = Owned::blobs(&["a", "b"], 30, 1.5, 6);
-        let first = retrain(
-            &before.samples(),
-            Active::default(),
-            &fingerprint(),
-            &cfg(false),
-        )
-        .unwrap()
-        .deployed
-        .unwrap();
+        let first = first_head(&before);
         // More samples of the known labels and a new one.
         let mut after = Owned::blobs(&["a", "b", "c"], 40, 1.5, 7);
         after.0.extend(before.0.iter().cloned());
-        let active = Active {
-            gate_head: first.gate.as_ref(),
-            head: Some(&first.head),
-        };
+        let active = active_of(&first);
         let cold = RetrainConfig {
             warm_start: false,
             parallel: false,

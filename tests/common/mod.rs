@@ -366,6 +366,20 @@ impl Drop for Subscriber {
 }
 
 /// Polls `cond` until true or `WAIT` elapses; panics with `what` if it never holds.
+/// Starts `glimpse run --config config` (the binary under test), with stdout and stderr both
+/// appended to `log` and no systemd notify socket.
+pub fn spawn_run(glimpse: &str, config: &Path, log: &Path) -> Child {
+    let out = File::create(log).expect("create the daemon log");
+    Command::new(glimpse)
+        .args(["run", "--config"])
+        .arg(config)
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(Stdio::from(out.try_clone().expect("log")))
+        .stderr(Stdio::from(out))
+        .spawn()
+        .expect("spawn glimpse run")
+}
+
 pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !cond() {
