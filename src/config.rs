@@ -137,6 +137,12 @@ pub struct LearningConfig {
     pub validation_split: f32,
     /// Seed of the split.
     pub seed: u64,
+    /// Fleet group (docs/fleet.md): also take samples and commands on `{p}/group/{group}/...`
+    /// and adopt the group's head.
+    pub group: Option<String>,
+    /// This member trains on the group's samples and publishes its head to the group; the
+    /// others store the samples and adopt that head (they train only on `cmd/retrain`).
+    pub group_leader: bool,
 }
 
 impl Default for LearningConfig {
@@ -158,6 +164,8 @@ impl Default for LearningConfig {
             gate_tolerance: 0.02,
             validation_split: 0.2,
             seed: 123,
+            group: None,
+            group_leader: false,
         }
     }
 }
@@ -296,6 +304,7 @@ pub fn parse(
         });
     let mut config = config.map_err(|e| blame_variable(e, &overrides))?;
     validate(file, &config).map_err(|e| blame_variable(e, &overrides))?;
+    config.mqtt.group = config.learning.group.clone();
     config.set_by_env = overrides;
     Ok(config)
 }
@@ -464,6 +473,10 @@ fn validate(file: &Path, config: &Config) -> Result<(), ConfigError> {
     }
     if !(0.0..=1.0).contains(&learning.gate_tolerance) {
         return Err(key("learning.gate_tolerance", "must be between 0 and 1"));
+    }
+    if let Some(group) = &learning.group {
+        crate::mqtt::topics::validate_level("group", group)
+            .map_err(|e| key("learning.group", &e.to_string()))?;
     }
     if !(0.0..0.9).contains(&learning.validation_split) {
         return Err(key("learning.validation_split", "must be in [0, 0.9)"));

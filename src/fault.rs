@@ -18,6 +18,9 @@ pub enum Fault {
     MqttPollEnd,
     /// The MQTT poll task stops polling (but does not end) when the first message arrives.
     MqttPollHang,
+    /// The process aborts (like `kill -9`: no cleanup) while storing a head version, after its
+    /// file is written and before the database commit.
+    HeadCommitAbort,
 }
 
 impl Fault {
@@ -29,6 +32,7 @@ impl Fault {
             Fault::LearnerStall => "learner-stall",
             Fault::MqttPollEnd => "mqtt-poll-end",
             Fault::MqttPollHang => "mqtt-poll-hang",
+            Fault::HeadCommitAbort => "head-commit-abort",
         }
     }
 }

@@ -527,6 +527,9 @@ impl Store {
             }
             None => None,
         };
+        if crate::fault::armed(crate::fault::Fault::HeadCommitAbort) {
+            std::process::abort(); // test-only: a crash between the file and its commit
+        }
         tx.execute(
             "UPDATE heads SET file = ?1, gate_file = ?2 WHERE version = ?3",
             params![file, gate_file, version as i64],

@@ -11,10 +11,11 @@
 //! once, with exit code 1, when it is not `online` (nothing would answer).
 
 mod batch;
+mod group;
 mod tally;
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -25,7 +26,7 @@ use serde_json::{json, Value};
 use crate::learn::identity::{Label, SampleId};
 use crate::mqtt::messages::availability::Availability;
 use crate::mqtt::messages::learning::{Ack, AckStatus};
-use crate::mqtt::topics::{validate_level, validate_prefix, Outgoing, Topics};
+use crate::mqtt::topics::{parse_outgoing, validate_level, validate_prefix, Outgoing, Topics};
 
 pub use tally::{Outcome, Tally};
 
@@ -44,8 +45,12 @@ pub struct DeviceArgs {
     #[arg(long, default_value = "glimpse")]
     pub prefix: String,
     /// The device id.
+    #[arg(long, required_unless_present = "group", conflicts_with = "group")]
+    pub device: Option<String>,
+    /// A fleet group (`learning.group`): send to every member at once and wait for the ack of
+    /// each online member (docs/fleet.md).
     #[arg(long)]
-    pub device: String,
+    pub group: Option<String>,
     /// Seconds to wait for each ack.
     #[arg(long, default_value_t = 60)]
     pub timeout_s: u64,
@@ -177,8 +182,13 @@ pub struct ForgetArgs {
 /// A connected client that sees the device's acks (and, when asked, its export archives).
 pub(super) struct Session {
     client: Client,
+    /// Where requests go: the device's topics, or the group's (`{p}/group/{g}` in place of
+    /// `{p}/{d}`).
     topics: Topics,
-    acks: Receiver<Ack>,
+    /// Acks with the device that sent each.
+    acks: Receiver<(String, Ack)>,
+    /// With `--group`: the online members, whose acks are merged per request.
+    group: Option<std::cell::RefCell<group::GroupAcks>>,
     /// Payloads published on `export` (only with `connect_with_exports`).
     pub(super) exports: Receiver<Vec<u8>>,
     pub(super) timeout: Duration,
@@ -196,8 +206,22 @@ impl Session {
 
     fn open(args: &DeviceArgs, exports: bool) -> anyhow::Result<Session> {
         validate_prefix(&args.prefix).context("--prefix")?;
-        validate_level("device id", &args.device).context("--device")?;
-        let topics = Topics::new(&args.prefix, &args.device)?;
+        let prefix = args.prefix.as_str();
+        let (topics, group_name) = match (&args.device, &args.group) {
+            (Some(device), None) => {
+                validate_level("device id", device).context("--device")?;
+                (Topics::new(prefix, device)?, None)
+            }
+            (None, Some(group)) => {
+                validate_level("group", group).context("--group")?;
+                if exports {
+                    bail!("export takes --device: one device's samples, not a group's");
+                }
+                // The group's topics are `{p}/group/{g}/...`: the device part is `group/{g}`.
+                (Topics::new(&format!("{prefix}/group"), group)?, Some(group.clone()))
+            }
+            _ => bail!("give --device or --group"),
+        };
         let url = super::common::broker_url(args.url.as_deref());
         let options = super::watch::operator_options(
             &url,
@@ -210,19 +234,30 @@ impl Session {
         let (ack_tx, acks) = channel();
         let (export_tx, export_rx) = channel();
         let (ready_tx, ready) = channel();
-        let (availability_tx, availability) = channel();
-        let ack_topic = topics.ack();
+        let (availability_tx, availability) = channel::<(String, Vec<u8>)>();
+        let (member_tx, member_rx) = channel::<String>();
         let export_topic = topics.outgoing(Outgoing::Export);
-        let availability_topic = topics.outgoing(Outgoing::Availability);
+        let device_filter = |kind: Outgoing| match &args.device {
+            Some(device) => format!("{prefix}/{device}/{}", kind.suffix()),
+            None => format!("{prefix}/+/{}", kind.suffix()),
+        };
         let mut filters = vec![
-            SubscribeFilter::new(ack_topic.clone(), QoS::AtLeastOnce),
-            SubscribeFilter::new(availability_topic.clone(), QoS::AtLeastOnce),
+            SubscribeFilter::new(device_filter(Outgoing::Ack), QoS::AtLeastOnce),
+            SubscribeFilter::new(device_filter(Outgoing::Availability), QoS::AtLeastOnce),
         ];
+        if let Some(group) = &group_name {
+            filters.push(SubscribeFilter::new(
+                format!("{prefix}/group/{group}/members/+"),
+                QoS::AtLeastOnce,
+            ));
+        }
         if exports {
             filters.push(SubscribeFilter::new(export_topic.clone(), QoS::AtLeastOnce));
         }
         {
             let client = client.clone();
+            let prefix = prefix.to_string();
+            let group_name = group_name.clone();
             std::thread::spawn(move || {
                 for event in connection.iter() {
                     match event {
@@ -232,19 +267,29 @@ impl Session {
                         Ok(Event::Incoming(Packet::SubAck(_))) => {
                             let _ = ready_tx.send(Ok(()));
                         }
-                        Ok(Event::Incoming(Packet::Publish(p)))
-                            if p.topic == availability_topic =>
-                        {
-                            let _ = availability_tx.send(p.payload.to_vec());
-                        }
                         Ok(Event::Incoming(Packet::Publish(p))) if p.topic == export_topic => {
                             let _ = export_tx.send(p.payload.to_vec());
                         }
-                        Ok(Event::Incoming(Packet::Publish(p))) if p.topic == ack_topic => {
-                            if let Ok(ack) = serde_json::from_slice::<Ack>(&p.payload) {
-                                if ack_tx.send(ack).is_err() {
-                                    return;
+                        Ok(Event::Incoming(Packet::Publish(p))) => {
+                            if let Some(member) = group_name
+                                .as_deref()
+                                .and_then(|g| group::member_of(&prefix, g, &p.topic))
+                            {
+                                let _ = member_tx.send(member);
+                                continue;
+                            }
+                            match parse_outgoing(&prefix, &p.topic) {
+                                Some((device, Outgoing::Availability)) => {
+                                    let _ = availability_tx.send((device, p.payload.to_vec()));
                                 }
+                                Some((device, Outgoing::Ack)) => {
+                                    if let Ok(ack) = serde_json::from_slice::<Ack>(&p.payload) {
+                                        if ack_tx.send((device, ack)).is_err() {
+                                            return;
+                                        }
+                                    }
+                                }
+                                _ => {}
                             }
                         }
                         Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
@@ -266,27 +311,69 @@ impl Session {
                 Err(_) => bail!("cannot reach the broker at {url} (subscribe not acknowledged)"),
             }
         }
-        let retained = availability.recv_timeout(AVAILABILITY_GRACE).ok();
-        if let Err(unavailable) = check_availability(
-            &args.device,
-            &topics.outgoing(Outgoing::Availability),
-            retained.as_deref(),
-        ) {
-            let _ = client.disconnect();
-            return Err(unavailable.into());
-        }
+        let group = match (&args.device, &group_name) {
+            (Some(device), _) => {
+                let retained = availability.recv_timeout(AVAILABILITY_GRACE).ok();
+                if let Err(unavailable) = check_availability(
+                    device,
+                    &format!("{prefix}/{device}/availability"),
+                    retained.as_ref().map(|(_, p)| p.as_slice()),
+                ) {
+                    let _ = client.disconnect();
+                    return Err(unavailable.into());
+                }
+                None
+            }
+            (None, Some(group)) => {
+                let online = online_members(&member_rx, &availability);
+                if online.is_empty() {
+                    let _ = client.disconnect();
+                    bail!(
+                        "group {group} has no online member on this broker (members announce \
+                         themselves retained on {prefix}/group/{group}/members/<device>); \
+                         nothing was sent"
+                    );
+                }
+                eprintln!("group {group}: online members {}", online.join(", "));
+                Some(std::cell::RefCell::new(group::GroupAcks::new(online)))
+            }
+            (None, None) => None,
+        };
         Ok(Session {
             client,
             topics,
             acks,
+            group,
             exports: export_rx,
             timeout: Duration::from_secs(args.timeout_s.max(1)),
         })
     }
 
     /// The next ack to arrive within `timeout`; `None` on timeout (or a lost connection thread).
+    /// With `--group`, an ack is returned once every online member answered its request (see
+    /// `group::GroupAcks`).
     fn next_ack(&self, timeout: Duration) -> Option<Ack> {
-        self.acks.recv_timeout(timeout).ok()
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (device, ack) = self.acks.recv_timeout(left).ok()?;
+            match &self.group {
+                None => return Some(ack),
+                Some(group) => {
+                    if let Some(merged) = group.borrow_mut().add(&device, ack) {
+                        return Some(merged);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The members that have not answered request `id` (empty without `--group`).
+    fn missing(&self, id: &str) -> Vec<String> {
+        self.group
+            .as_ref()
+            .map(|g| g.borrow().missing(id))
+            .unwrap_or_default()
     }
 
     /// Waits for the first ack matching `pred`.
@@ -294,12 +381,10 @@ impl Session {
         let deadline = Instant::now() + self.timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.acks.recv_timeout(left) {
-                Ok(ack) if pred(&ack) => return Some(ack),
-                Ok(_) => continue,
-                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
-                    return None
-                }
+            match self.next_ack(left) {
+                Some(ack) if pred(&ack) => return Some(ack),
+                Some(_) => continue,
+                None => return None,
             }
         }
     }
@@ -308,7 +393,14 @@ impl Session {
     pub(super) fn command(&self, name: &str, args: Value) -> anyhow::Result<Ack> {
         let id = self.send_command(name, args)?;
         self.wait(|a| a.id.as_deref() == Some(id.as_str()) && a.command.as_deref() == Some(name))
-            .with_context(|| format!("no ack for {name} within {:?}", self.timeout))
+            .with_context(|| match self.missing(&id) {
+                missing if missing.is_empty() => format!("no ack for {name} within {:?}", self.timeout),
+                missing => format!(
+                    "no ack for {name} within {:?} from {}",
+                    self.timeout,
+                    missing.join(", ")
+                ),
+            })
     }
 
     /// Publishes a command with a fresh id (which follows the device's id rule) and returns the
@@ -336,12 +428,41 @@ impl Session {
 
     /// An ack that already arrived, without waiting.
     pub(super) fn try_ack(&self) -> Option<Ack> {
-        self.acks.try_recv().ok()
+        self.acks.try_recv().ok().map(|(_, ack)| ack)
     }
 
     pub(super) fn close(self) {
         let _ = self.client.disconnect();
     }
+}
+
+/// Members whose request would be answered: announced in the group and `online`. Gathers the
+/// retained announcements until none arrived for a moment (they follow the SUBACK at once).
+fn online_members(members: &Receiver<String>, availability: &Receiver<(String, Vec<u8>)>) -> Vec<String> {
+    const QUIET: Duration = Duration::from_millis(300);
+    let until = Instant::now() + AVAILABILITY_GRACE;
+    let mut announced = std::collections::BTreeSet::new();
+    let mut online = std::collections::BTreeSet::new();
+    let mut last = Instant::now();
+    while Instant::now() < until && last.elapsed() < QUIET {
+        std::thread::sleep(Duration::from_millis(20));
+        for member in members.try_iter() {
+            announced.insert(member);
+            last = Instant::now();
+        }
+        for (device, payload) in availability.try_iter() {
+            if Availability::parse(&payload) == Some(Availability::Online) {
+                online.insert(device);
+            } else {
+                online.remove(&device);
+            }
+            last = Instant::now();
+        }
+    }
+    for member in announced.difference(&online) {
+        eprintln!("member {member} is not online: not waited for");
+    }
+    announced.intersection(&online).cloned().collect()
 }
 
 /// Image files to send with their labels: files take `--label`; a directory takes `--label` for

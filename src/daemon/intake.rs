@@ -56,8 +56,10 @@ pub fn screen(received: &Received, max_packet_bytes: usize) -> Option<Refusal> {
             max: max_packet_bytes,
         });
     }
-    // Every subscription is a sample or a command topic: none may act from a retained copy.
-    if received.retained {
+    // Every subscription but the group head is a sample or a command topic: none may act from a
+    // retained copy. The group head is retained on purpose (catch-up): it is a state, and
+    // adopting the same head twice is a no-op.
+    if received.retained && received.incoming != Incoming::GroupHead {
         return Some(Refusal::Retained);
     }
     None
@@ -81,6 +83,7 @@ pub fn refusal_ack(received: &Received, reason: &str) -> Ack {
             &super::teach::echo(name),
             AckStatus::Rejected,
         ),
+        Incoming::GroupHead => Ack::command(None, super::learner::ADOPT_HEAD, AckStatus::Rejected),
     };
     ack.with_reason(reason)
 }

@@ -344,6 +344,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                 if effects.head_changed {
                     publisher.announce_discovery(&head);
                 }
+                if let (Some(payload), Some(topic)) = (effects.group_head, publisher.link().topics().group_head()) {
+                    // Retained: a member that connects later adopts it at once (catch-up).
+                    if let Err(e) = publisher.link().publish(topic, payload, true) {
+                        log::warn!("cannot publish the group head: {e}");
+                    }
+                }
             }
             Ok(()) = connections.changed() => publisher.announce_discovery(&head),
             _ = sigterm.recv() => {

@@ -47,6 +47,9 @@ pub fn request(
     recent: &Mutex<RecentFrames>,
 ) -> Result<LearnRequest, Box<Ack>> {
     match received.incoming {
+        Incoming::GroupHead => Ok(LearnRequest::AdoptHead {
+            payload: received.payload,
+        }),
         Incoming::Command { name } => {
             let (id, parsed) = parse_command(&name, &received.payload);
             let refuse = |reason: String| {
@@ -173,6 +176,8 @@ pub struct Effects {
     pub messages: Vec<Outbound>,
     pub head_changed: bool,
     pub export: Option<ExportJob>,
+    /// A group head to publish, retained, on the group's head topic.
+    pub group_head: Option<Vec<u8>>,
 }
 
 /// An export archive to publish on `export` in parts, then its ack.
@@ -191,6 +196,10 @@ pub fn effects(event: LearnEvent) -> Effects {
         },
         LearnEvent::Report(report) => Effects {
             messages: vec![Outbound::json(Outgoing::Report, &report)],
+            ..Effects::default()
+        },
+        LearnEvent::GroupHead { payload } => Effects {
+            group_head: Some(payload),
             ..Effects::default()
         },
         LearnEvent::HeadChanged { .. } => Effects {

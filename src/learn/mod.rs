@@ -3,7 +3,8 @@
 
 pub mod cache; // embeddings cached on disk, keyed by image content + backbone fingerprint
 pub mod dataset; // class-per-folder scan and the stratified split
-pub mod gate; // the acceptance gate: does a new head replace the active one
+pub mod gate;
+pub mod group_head; // fleet heads on the wire (size, checksum) and the adoption rule // the acceptance gate: does a new head replace the active one
 pub mod head; // forward pass and the versioned, checksummed head file
 pub mod identity; // the one rule for labels and sample ids (Label, SampleId)
 pub mod imprint; // the new-class fast path: class mean as new weights, milliseconds

@@ -112,6 +112,10 @@ pub struct MqttConfig {
     pub stats_interval_s: u64,
     pub publish: PolicyConfig,
     pub homeassistant: HomeAssistantConfig,
+    /// The fleet group (`learning.group`), copied here when the config is loaded so the link
+    /// subscribes to the group's topics; not a key of `[mqtt]`.
+    #[serde(skip)]
+    pub group: Option<String>,
 }
 
 impl Default for MqttConfig {
@@ -135,6 +139,7 @@ impl Default for MqttConfig {
             stats_interval_s: 10,
             publish: PolicyConfig::default(),
             homeassistant: HomeAssistantConfig::default(),
+            group: None,
         }
     }
 }
@@ -221,7 +226,9 @@ impl MqttConfig {
 
     /// The topic builder for this prefix and device.
     pub fn topics(&self) -> Result<Topics, MqttConfigError> {
-        Topics::new(&self.prefix, &self.device_id).map_err(|e| invalid("prefix", e.to_string()))
+        Topics::new(&self.prefix, &self.device_id)
+            .and_then(|t| t.with_group(self.group.as_deref()))
+            .map_err(|e| invalid("prefix", e.to_string()))
     }
 
     pub fn broker(&self) -> Result<BrokerUrl, MqttConfigError> {

@@ -15,6 +15,11 @@
 //! Incoming (subscribed by the device, consumed by the learning feature):
 //! `{p}/{d}/sample/{label}` (raw JPEG/PNG bytes), `{p}/{d}/sample` (JSON), `{p}/{d}/cmd/{name}`.
 //!
+//! Fleet groups (`learning.group`, docs/fleet.md): a member also listens on
+//! `{p}/group/{g}/sample[/{label}]` and `{p}/group/{g}/cmd/{name}` (the same requests as on its own
+//! topics) and on `{p}/group/{g}/head` (retained: the group's current head, see
+//! `learn::group_head`). `group` is therefore not a usable device id when groups are used.
+//!
 //! Parsing is pure: [`parse_incoming`] turns a topic string into an [`Incoming`] or says why not.
 //! Every topic our subscriptions can deliver parses: the label or command name in the last level
 //! is passed on as received and checked by the teaching code, whose refusal is an ack (a label
@@ -64,6 +69,8 @@ pub enum Incoming {
     /// `cmd/{name}`: a command to the device; the payload is its (optional) JSON argument. The
     /// name is as received (an unknown one is refused with an ack).
     Command { name: String },
+    /// `{p}/group/{g}/head`: a head published for the group (header line + head file bytes).
+    GroupHead,
 }
 
 /// What the device publishes; one variant per outgoing topic.
@@ -126,6 +133,8 @@ impl Outgoing {
 pub struct Topics {
     prefix: String,
     device: String,
+    /// The fleet group this device belongs to (`learning.group`), if any.
+    group: Option<String>,
 }
 
 impl Topics {
@@ -137,7 +146,36 @@ impl Topics {
         Ok(Topics {
             prefix: prefix.to_string(),
             device: device.to_string(),
+            group: None,
         })
+    }
+
+    /// The same topics for a member of `group` (validated like a level).
+    pub fn with_group(mut self, group: Option<&str>) -> Result<Topics, TopicError> {
+        if let Some(group) = group {
+            validate_level("group", group)?;
+        }
+        self.group = group.map(str::to_string);
+        Ok(self)
+    }
+
+    pub fn group(&self) -> Option<&str> {
+        self.group.as_deref()
+    }
+
+    /// `{p}/group/{g}/members/{d}`: retained, published on every connection, so operator tools
+    /// know which devices a `--group` request must be answered by.
+    pub fn group_member(&self) -> Option<String> {
+        self.group.as_deref().map(|g| {
+            group_topic(&self.prefix, g, &format!("members/{}", self.device))
+        })
+    }
+
+    /// `{p}/group/{g}/head` of this device's group.
+    pub fn group_head(&self) -> Option<String> {
+        self.group
+            .as_deref()
+            .map(|g| group_topic(&self.prefix, g, "head"))
     }
 
     pub fn prefix(&self) -> &str {
@@ -193,17 +231,41 @@ impl Topics {
     /// The filters the device subscribes to (re-subscribed on every connection).
     pub fn subscriptions(&self) -> Vec<String> {
         let base = format!("{}/{}", self.prefix, self.device);
-        vec![
+        let mut filters = vec![
             format!("{base}/sample"),
             format!("{base}/sample/+"),
             format!("{base}/cmd/+"),
-        ]
+        ];
+        if let Some(group) = &self.group {
+            let base = group_topic(&self.prefix, group, "");
+            filters.extend([
+                format!("{base}sample"),
+                format!("{base}sample/+"),
+                format!("{base}cmd/+"),
+                format!("{base}head"),
+            ]);
+        }
+        filters
     }
 
     /// Parses a topic received on one of [`Topics::subscriptions`].
     pub fn parse_incoming(&self, topic: &str) -> Result<Incoming, TopicError> {
+        if let Some(group) = &self.group {
+            let root = group_topic(&self.prefix, group, "");
+            if let Some(rest) = topic.strip_prefix(&root) {
+                if rest == "head" {
+                    return Ok(Incoming::GroupHead);
+                }
+                return parse_incoming(&self.prefix, &format!("group/{group}"), topic);
+            }
+        }
         parse_incoming(&self.prefix, &self.device, topic)
     }
+}
+
+/// `{prefix}/group/{group}/{suffix}`: the topics every member of a group shares.
+pub fn group_topic(prefix: &str, group: &str, suffix: &str) -> String {
+    format!("{prefix}/group/{group}/{suffix}")
 }
 
 /// Parses an incoming topic for this `prefix`/`device`. Pure: no broker, no state.

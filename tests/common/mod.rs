@@ -31,6 +31,8 @@ pub struct Mosquitto {
     dir: tempfile::TempDir,
     /// Keep retained messages and sessions on disk across restarts (as a real deployment does).
     persistent: bool,
+    /// More configuration lines (a bridge).
+    extra: String,
 }
 
 impl Mosquitto {
@@ -46,7 +48,21 @@ impl Mosquitto {
             port: free_port(),
             dir,
             persistent: false,
+            extra: String::new(),
         };
+        broker.spawn();
+        broker
+    }
+
+    /// A second broker bridged to `central` (a site broker): everything under `glimpse/` goes
+    /// both ways at QoS 1, as docs/fleet.md configures it.
+    pub fn start_bridged_to(central: &Mosquitto) -> Mosquitto {
+        let mut broker = Mosquitto::start();
+        broker.stop();
+        broker.extra = format!(
+            "connection central\naddress 127.0.0.1:{}\ntopic glimpse/# both 1\n",
+            central.port()
+        );
         broker.spawn();
         broker
     }
@@ -115,8 +131,8 @@ impl Mosquitto {
         };
         let text = format!(
             "listener {} 127.0.0.1\nallow_anonymous true\n{persistence}user root\n\
-             log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n",
-            self.port
+             log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n{}",
+            self.port, self.extra
         );
         std::fs::write(&config, text).expect("write mosquitto.conf");
         let log_path = self.dir.path().join("mosquitto.log");

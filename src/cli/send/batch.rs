@@ -207,6 +207,14 @@ pub(super) fn send_all(
                     .collect();
                 for id in expired {
                     let flight = in_flight.remove(&id).expect("listed above");
+                    let missing = session.missing(&id);
+                    if !missing.is_empty() {
+                        eprintln!(
+                            "{}: no ack from {}",
+                            files[flight.job.index].0.display(),
+                            missing.join(", ")
+                        );
+                    }
                     if flight.job.attempts <= args.retries {
                         retries.push_back((now, flight.job));
                     } else {

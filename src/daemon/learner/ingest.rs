@@ -53,6 +53,10 @@ impl Ingest {
                     }
                 }
                 LearnRequest::Command { id, name, command } => self.command(id, name, command),
+                LearnRequest::AdoptHead { payload } => {
+                    // Only the trainer changes the head in use.
+                    let _ = self.trainer.send(TrainerMsg::Adopt { payload });
+                }
             }
         }
     }

@@ -38,6 +38,8 @@ use crate::vision::embedder::Embedder;
 use crate::vision::spec::ResizeMode;
 pub use heads::restore_head;
 
+/// The command name of the acks that answer a group head message.
+pub const ADOPT_HEAD: &str = "adopt_head";
 /// Requests waiting for the ingest thread. Each may hold an image of up to `max_sample_bytes`.
 const QUEUE: usize = 64;
 /// The learner threads' nice value: when a board's cores are busy with frames, ingest and
@@ -78,6 +80,9 @@ pub enum LearnRequest {
         name: String,
         command: Command,
     },
+    /// A message on the group's head topic (`learn::group_head`): checked and, if it passes
+    /// the member's own gate, stored and served as a new head version.
+    AdoptHead { payload: Vec<u8> },
 }
 
 impl LearnRequest {
@@ -89,6 +94,7 @@ impl LearnRequest {
                 Ack::sample(Some(s.id.to_string()), Some(s.label.to_string()), Rejected)
             }
             LearnRequest::Command { id, name, .. } => Ack::command(id.clone(), name, Rejected),
+            LearnRequest::AdoptHead { .. } => Ack::command(None, ADOPT_HEAD, Rejected),
         }
     }
 }
@@ -103,6 +109,8 @@ pub enum LearnEvent {
     /// The head in the cell changed (new version, rollback, imprint, none after a forget): the
     /// daemon republishes what depends on the classes (Home Assistant discovery).
     HeadChanged { version: Option<u64> },
+    /// A group leader's new active head, encoded for the group's head topic (retained).
+    GroupHead { payload: Vec<u8> },
     /// `export` wrote an archive; with `publish`, the daemon publishes it in numbered parts
     /// before the ack (src/daemon/export_stream.rs), then deletes the file.
     Export {

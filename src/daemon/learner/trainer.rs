@@ -43,6 +43,8 @@ pub(super) enum TrainerMsg {
         name: String,
         command: Command,
     },
+    /// A message from the group's head topic (see `adopt.rs`).
+    Adopt { payload: Vec<u8> },
 }
 
 /// A finished training: the active version after it, the gate's verdict and its reason.
@@ -130,6 +132,11 @@ impl Trainer {
                         self.auto(&rx);
                     }
                 }
+                TrainerMsg::Adopt { payload } => {
+                    let _busy = self.busy.start();
+                    let ack = self.adopt(&payload);
+                    self.events.send(LearnEvent::Ack(ack));
+                }
                 TrainerMsg::Command { id, name, command } => {
                     let _busy = self.busy.start();
                     self.command(id.clone(), &name, command, &rx);
@@ -185,7 +192,24 @@ impl Trainer {
     }
 
     fn auto_enabled(&self) -> bool {
-        self.settings.learning.enabled && self.settings.learning.retrain_after > 0
+        self.settings.learning.enabled
+            && self.settings.learning.retrain_after > 0
+            && !self.follower()
+    }
+
+    /// A group member that is not the leader: it adopts the leader's heads instead of training
+    /// on every group sample itself (docs/fleet.md "Who trains"); it trains only on command.
+    fn follower(&self) -> bool {
+        self.settings.learning.group.is_some() && !self.settings.learning.group_leader
+    }
+
+    /// A leader publishes each head version it activates to the group.
+    fn publish_to_group(&self, version: u64, bytes: &[u8]) {
+        let learning = &self.settings.learning;
+        if learning.group.is_some() && learning.group_leader {
+            let payload = crate::learn::group_head::encode(&self.settings.device, version, bytes);
+            self.events.send(LearnEvent::GroupHead { payload });
+        }
     }
 
     /// How many new samples start a retrain without waiting for quiet.
@@ -378,11 +402,12 @@ impl Trainer {
         if let Some(deployed) = outcome.deployed {
             let report_json = serde_json::to_string(deployed.head.report()).unwrap_or_default();
             let gate_bytes = deployed.gate.as_ref().map(|g| g.to_bytes());
+            let head_bytes = deployed.head.to_bytes();
             let v = self
                 .store
                 .insert_head(
                     &NewHead {
-                        bytes: &deployed.head.to_bytes(),
+                        bytes: &head_bytes,
                         gate_bytes: gate_bytes.as_deref(),
                         report_json: &report_json,
                     },
@@ -403,6 +428,7 @@ impl Trainer {
             })));
             self.events
                 .send(LearnEvent::HeadChanged { version: Some(v) });
+            self.publish_to_group(v, &head_bytes);
             version = Some(v);
             match self.store.prune_heads(learning.keep_heads) {
                 Ok(gone) if !gone.is_empty() => log::info!("pruned head versions {gone:?}"),
@@ -456,7 +482,7 @@ impl Trainer {
         let Some(current) = self.head.load_full() else {
             return; // no head yet: the first training makes one
         };
-        if after == 0 || current.head.classes().iter().any(|c| c == label) {
+        if after == 0 || self.follower() || current.head.classes().iter().any(|c| c == label) {
             return;
         }
         let embeddings = match self.store.embeddings_of(label, &self.fingerprint_text) {
@@ -526,6 +552,7 @@ impl Trainer {
             match load_version(&self.store, version, &self.fingerprint).map_err(err)? {
                 Ok(loaded) => {
                     self.store.set_active(version).map_err(err)?;
+                    self.publish_to_group(version, &loaded.head.to_bytes());
                     self.head.store(Some(Arc::new(loaded)));
                     self.events.send(LearnEvent::HeadChanged {
                         version: Some(version),
@@ -576,3 +603,4 @@ fn retrain_ack(
 
 #[cfg(test)]
 mod tests;
+mod adopt;
