@@ -56,7 +56,9 @@ struct Setup<'a> {
 impl Member {
     fn start(name: &str, source: &Path, looping: bool, setup: &Setup) -> Member {
         let state = setup.root.join(format!("state-{name}"));
-        let config = setup.root.join(format!("{name}-{}.toml", common::free_port()));
+        let config = setup
+            .root
+            .join(format!("{name}-{}.toml", common::free_port()));
         let text = format!(
             r#"state_dir = "{state}"
 [model]
@@ -141,7 +143,11 @@ level = "info"
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("{} did not exit within {timeout:?}:\n{}", self.name, self.log());
+        panic!(
+            "{} did not exit within {timeout:?}:\n{}",
+            self.name,
+            self.log()
+        );
     }
 
     /// The next `adopt_head` ack this member publishes.
@@ -406,7 +412,10 @@ fn one_teaching_reaches_the_group_and_late_members_catch_up() {
             .contains("was trained for backbone"),
         "{ack}"
     );
-    assert!(foreign.store().1.is_none(), "the foreign member has no head");
+    assert!(
+        foreign.store().1.is_none(),
+        "the foreign member has no head"
+    );
     let mut crash = Member::start(
         "crash",
         &idle,
@@ -421,7 +430,10 @@ fn one_teaching_reaches_the_group_and_late_members_catch_up() {
     assert_eq!(ack["status"], "accepted", "{ack}\n{}", crash.log());
     let (samples, head) = crash.store();
     assert_eq!(samples, 0);
-    assert_eq!(sha256(&head.expect("adopted after the restart").2), sha256(&lead_bytes));
+    assert_eq!(
+        sha256(&head.expect("adopted after the restart").2),
+        sha256(&lead_bytes)
+    );
 
     // A corrupt head (one flipped byte, checksum no longer matches) is refused; m1 keeps its head.
     let head_topic = format!("glimpse/group/{GROUP}/head");
@@ -437,7 +449,10 @@ fn one_teaching_reaches_the_group_and_late_members_catch_up() {
     sub.publish(&head_topic, corrupt, false);
     let ack = m1.adopt_ack(&sub);
     assert_eq!(ack["status"], "rejected", "{ack}");
-    assert!(ack["reason"].as_str().unwrap().contains("checksum"), "{ack}");
+    assert!(
+        ack["reason"].as_str().unwrap().contains("checksum"),
+        "{ack}"
+    );
     assert_eq!(m1.store().1.map(|h| h.0), before.map(|h| h.0));
 
     // Every member predicts the taught classes on the held-back photos with that head.
@@ -446,7 +461,12 @@ fn one_teaching_reaches_the_group_and_late_members_catch_up() {
     }
     drop(foreign);
     drop(crash);
-    let scores = accuracies(&broker, &mut [&mut lead, &mut m1, &mut m2, &mut late], &held, &labels);
+    let scores = accuracies(
+        &broker,
+        &mut [&mut lead, &mut m1, &mut m2, &mut late],
+        &held,
+        &labels,
+    );
     for score in &scores {
         assert!(*score >= 0.85, "accuracies {scores:?}");
     }

@@ -218,7 +218,10 @@ impl Session {
                     bail!("export takes --device: one device's samples, not a group's");
                 }
                 // The group's topics are `{p}/group/{g}/...`: the device part is `group/{g}`.
-                (Topics::new(&format!("{prefix}/group"), group)?, Some(group.clone()))
+                (
+                    Topics::new(&format!("{prefix}/group"), group)?,
+                    Some(group.clone()),
+                )
             }
             _ => bail!("give --device or --group"),
         };
@@ -394,7 +397,9 @@ impl Session {
         let id = self.send_command(name, args)?;
         self.wait(|a| a.id.as_deref() == Some(id.as_str()) && a.command.as_deref() == Some(name))
             .with_context(|| match self.missing(&id) {
-                missing if missing.is_empty() => format!("no ack for {name} within {:?}", self.timeout),
+                missing if missing.is_empty() => {
+                    format!("no ack for {name} within {:?}", self.timeout)
+                }
                 missing => format!(
                     "no ack for {name} within {:?} from {}",
                     self.timeout,
@@ -438,7 +443,10 @@ impl Session {
 
 /// Members whose request would be answered: announced in the group and `online`. Gathers the
 /// retained announcements until none arrived for a moment (they follow the SUBACK at once).
-fn online_members(members: &Receiver<String>, availability: &Receiver<(String, Vec<u8>)>) -> Vec<String> {
+fn online_members(
+    members: &Receiver<String>,
+    availability: &Receiver<(String, Vec<u8>)>,
+) -> Vec<String> {
     const QUIET: Duration = Duration::from_millis(300);
     let until = Instant::now() + AVAILABILITY_GRACE;
     let mut announced = std::collections::BTreeSet::new();

@@ -166,9 +166,9 @@ impl Topics {
     /// `{p}/group/{g}/members/{d}`: retained, published on every connection, so operator tools
     /// know which devices a `--group` request must be answered by.
     pub fn group_member(&self) -> Option<String> {
-        self.group.as_deref().map(|g| {
-            group_topic(&self.prefix, g, &format!("members/{}", self.device))
-        })
+        self.group
+            .as_deref()
+            .map(|g| group_topic(&self.prefix, g, &format!("members/{}", self.device)))
     }
 
     /// `{p}/group/{g}/head` of this device's group.

@@ -123,7 +123,9 @@ mod tests {
         let mut acks = GroupAcks::new(["a".to_string(), "b".to_string()]);
         assert!(acks.add("a", ack("x", AckStatus::Accepted)).is_none());
         assert_eq!(acks.missing("x"), vec!["b".to_string()]);
-        assert!(acks.add("stranger", ack("x", AckStatus::Rejected)).is_none());
+        assert!(acks
+            .add("stranger", ack("x", AckStatus::Rejected))
+            .is_none());
         let merged = acks.add("b", ack("x", AckStatus::Duplicate)).unwrap();
         assert_eq!(merged.status, Some(AckStatus::Accepted));
         assert!(merged.reason.unwrap().contains("a accepted, b duplicate"));
@@ -146,6 +148,9 @@ mod tests {
             Some("cam1")
         );
         assert_eq!(member_of("glimpse", "l3", "glimpse/group/l3/head"), None);
-        assert_eq!(member_of("glimpse", "l3", "glimpse/group/l3/members/a/b"), None);
+        assert_eq!(
+            member_of("glimpse", "l3", "glimpse/group/l3/members/a/b"),
+            None
+        );
     }
 }

@@ -82,7 +82,9 @@ pub enum LearnRequest {
     },
     /// A message on the group's head topic (`learn::group_head`): checked and, if it passes
     /// the member's own gate, stored and served as a new head version.
-    AdoptHead { payload: Vec<u8> },
+    AdoptHead {
+        payload: Vec<u8>,
+    },
 }
 
 impl LearnRequest {

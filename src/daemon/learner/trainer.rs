@@ -601,6 +601,6 @@ fn retrain_ack(
     }
 }
 
+mod adopt;
 #[cfg(test)]
 mod tests;
-mod adopt;

@@ -41,7 +41,11 @@ impl Trainer {
         };
         let from = format!("head v{} of {}", header.version, header.origin);
         if header.origin == self.settings.device {
-            return answer(AckStatus::Duplicate, format!("{from} is this device's own"), None);
+            return answer(
+                AckStatus::Duplicate,
+                format!("{from} is this device's own"),
+                None,
+            );
         }
         if !self.follower() {
             return rejected(format!(
