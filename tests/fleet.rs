@@ -338,6 +338,7 @@ fn same_head(lead: &Member, members: &[&Member]) {
     }
 }
 
+/// Waits until each member is online and has announced itself in the group.
 fn wait_online(sub: &Subscriber, members: &[&Member]) {
     for member in members {
         let topic = member.topic("availability");
@@ -345,7 +346,21 @@ fn wait_online(sub: &Subscriber, members: &[&Member]) {
             m.topic == topic && m.payload == b"online"
         })
         .unwrap_or_else(|| panic!("{} never came online:\n{}", member.name, member.log()));
+        let announce = format!("glimpse/group/{GROUP}/members/{}", member.name);
+        sub.wait_for(Duration::from_secs(60), |m| m.topic == announce)
+            .unwrap_or_else(|| panic!("{} never announced itself:\n{}", member.name, member.log()));
     }
+}
+
+/// One table of `glimpse watch --group`.
+fn watch_group(broker: &Mosquitto) -> String {
+    let out = Command::new(GLIMPSE)
+        .args(["watch", "--group", GROUP, "--count", "1", "--url"])
+        .arg(broker.url())
+        .output()
+        .expect("run glimpse watch");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
@@ -392,6 +407,15 @@ fn one_teaching_reaches_the_group_and_late_members_catch_up() {
         assert_eq!(report["adopted_from"], "lead", "{report}");
     }
 
+    let table = watch_group(&broker);
+    for member in ["lead", "m1", "m2"] {
+        assert!(table.contains(&format!("{member:<16} online")), "{table}");
+    }
+    assert!(
+        !table.contains("LAGGING") && table.contains("of lead"),
+        "{table}"
+    );
+
     // Late: a member that missed the teaching gets the retained head, with no sample; one with
     // another backbone refuses it; one that crashes while storing it comes back complete.
     let mut late = Member::start("late", &idle, true, &setup(false, default, None));
@@ -405,6 +429,12 @@ fn one_teaching_reaches_the_group_and_late_members_catch_up() {
     );
     let ack = foreign.adopt_ack(&sub);
     assert_eq!(ack["status"], "rejected", "{ack}");
+    let table = watch_group(&broker);
+    let foreign_line = table
+        .lines()
+        .find(|l| l.starts_with("foreign "))
+        .unwrap_or("");
+    assert!(foreign_line.ends_with("LAGGING"), "{table}");
     assert!(
         ack["reason"]
             .as_str()

@@ -14,6 +14,8 @@ mod batch;
 mod group;
 mod tally;
 
+pub use group::member_of;
+
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};

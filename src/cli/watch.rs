@@ -42,6 +42,14 @@ pub struct WatchArgs {
     /// Device id to watch, or + for every device under the prefix.
     #[arg(long, default_value = "+")]
     pub device: String,
+    /// A fleet group: print a table of its members (online, head version, label, fps; a member
+    /// whose head lags the group's is flagged) every --interval-s; --count counts tables.
+    #[arg(long, conflicts_with = "json")]
+    pub group: Option<String>,
+    /// Seconds between two tables of --group (the first after this long too, so that retained
+    /// messages are in).
+    #[arg(long, default_value_t = 2)]
+    pub interval_s: u64,
     /// Print one JSON object per message instead of a human summary.
     #[arg(long)]
     pub json: bool,
@@ -317,20 +325,48 @@ pub fn watch(args: &WatchArgs) -> anyhow::Result<()> {
     }
     let url = super::common::broker_url(args.url.as_deref());
     // Training reports and stats can exceed rumqttc's 10 KiB default.
-    let options = operator_options(
+    let mut options = operator_options(
         &url,
         "watch",
         args.username.as_deref(),
         args.password_env.as_deref(),
         (16 * 1024 * 1024, 64 * 1024),
     )?;
-    let filters = watch_filters(&args.prefix, &args.device);
+    if args.group.is_some() {
+        // Tables are printed between events: pings make sure there are some in a quiet group.
+        options.set_keep_alive(Duration::from_secs(5));
+    }
+    let mut fleet = match &args.group {
+        Some(group) => {
+            validate_level("group", group).context("--group")?;
+            Some(super::watch_group::FleetView::new(&args.prefix, group))
+        }
+        None => None,
+    };
+    let filters = match &fleet {
+        Some(view) => view.filters(),
+        None => watch_filters(&args.prefix, &args.device),
+    };
+    let interval = Duration::from_secs(args.interval_s.max(1));
+    let mut next_table = std::time::Instant::now() + interval;
     let (client, mut connection) = Client::new(options, 16);
     let mut printed = 0usize;
     if args.count == Some(0) {
         return Ok(());
     }
     for event in connection.iter() {
+        if let Some(view) = &fleet {
+            // Pings keep events coming while the group is quiet (keepalive), so tables go out.
+            if std::time::Instant::now() >= next_table {
+                println!("{}", view.render());
+                next_table += interval;
+                printed += 1;
+                if args.count.is_some_and(|n| printed >= n) {
+                    let _ = client.try_disconnect();
+                    return Ok(());
+                }
+            }
+        }
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 // Re-subscribe on every connection: the watcher uses a clean session.
@@ -339,6 +375,11 @@ pub fn watch(args: &WatchArgs) -> anyhow::Result<()> {
                     .map(|f| SubscribeFilter::new(f.clone(), QoS::AtMostOnce));
                 if let Err(e) = client.try_subscribe_many(subscriptions) {
                     bail!("cannot subscribe on {url}: {e}");
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) if fleet.is_some() => {
+                if let Some(view) = fleet.as_mut() {
+                    view.update(&p.topic, &p.payload);
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {

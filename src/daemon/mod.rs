@@ -189,6 +189,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     )
     .map_err(|e| DaemonError::Runtime(format!("cannot start the learner threads: {e}")))?;
 
+    // The leader version of the group head this member serves (`watch --group` flags laggards).
+    let mut group_version: Option<u64> = None;
     let mut intake = Intake::new(INTAKE_BUDGET_BYTES, config.mqtt.max_packet_bytes);
 
     let (events_tx, mut events) = mpsc::channel(16);
@@ -331,6 +333,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                 }
             },
             Some(event) = learner_out.recv() => {
+                if let Some(version) = teach::served_group_version(&event) {
+                    group_version = Some(version);
+                    announce_member(&publisher, group_version);
+                }
                 let effects = teach::effects(event);
                 for message in effects.messages {
                     publisher.send(message);
@@ -351,7 +357,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
                     }
                 }
             }
-            Ok(()) = connections.changed() => publisher.announce_discovery(&head),
+            Ok(()) = connections.changed() => {
+                publisher.announce_discovery(&head);
+                announce_member(&publisher, group_version);
+            }
             _ = sigterm.recv() => {
                 log::info!("SIGTERM: stopping");
                 break;
@@ -399,4 +408,17 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let _ = learner_done.await;
     publisher.shutdown().await;
     Ok(())
+}
+
+/// Retained `{p}/group/{g}/members/{d}`: this device is a member, and serves the group head of
+/// leader version `group_version` (docs/fleet.md). Nothing outside a group.
+fn announce_member(publisher: &Publisher, group_version: Option<u64>) {
+    let topics = publisher.link().topics();
+    if let Some(topic) = topics.group_member() {
+        let payload =
+            serde_json::json!({ "device": topics.device(), "group_version": group_version });
+        if let Err(e) = publisher.link().publish(topic, payload.to_string(), true) {
+            log::warn!("cannot announce group membership: {e}");
+        }
+    }
 }

@@ -187,6 +187,17 @@ pub struct ExportJob {
     pub ack: Ack,
 }
 
+/// The group head version an event says this member now serves (an `adopt_head` ack that
+/// adopted it or found it already active).
+pub fn served_group_version(event: &LearnEvent) -> Option<u64> {
+    match event {
+        LearnEvent::Ack(ack) if ack.command.as_deref() == Some(super::learner::ADOPT_HEAD) => {
+            ack.group_version
+        }
+        _ => None,
+    }
+}
+
 /// Maps a learner event to what gets published.
 pub fn effects(event: LearnEvent) -> Effects {
     match event {

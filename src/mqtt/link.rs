@@ -763,13 +763,6 @@ async fn run_pump(
         if online.is_err() || subscribed.is_err() {
             return;
         }
-        if let Some(topic) = topics.group_member() {
-            // Membership is a state (retained); liveness stays on `availability`.
-            let device = topics.device().to_string();
-            if client.publish(topic, qos, true, device).await.is_err() {
-                return;
-            }
-        }
         loop {
             if !shared.connected.load(Ordering::Relaxed) || *generation.borrow() != greeted {
                 break;

@@ -163,8 +163,9 @@ impl Topics {
         self.group.as_deref()
     }
 
-    /// `{p}/group/{g}/members/{d}`: retained, published on every connection, so operator tools
-    /// know which devices a `--group` request must be answered by.
+    /// `{p}/group/{g}/members/{d}`: retained, published on every connection and adoption, so
+    /// operator tools know which devices a `--group` request must be answered by, and which
+    /// leader version each serves.
     pub fn group_member(&self) -> Option<String> {
         self.group
             .as_deref()

@@ -46,6 +46,9 @@ pub struct Ack {
     /// `retrain` / `rollback`: the head version now active.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub head_version: Option<u64>,
+    /// `adopt_head`: the leader's version of the group head this member now serves.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub group_version: Option<u64>,
     /// `export`: the archive written on the device.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub path: Option<String>,

@@ -31,6 +31,11 @@ impl Trainer {
                 ..Ack::command(None, ADOPT_HEAD, status).with_reason(reason)
             }
         };
+        // The group version is set on the answers after which this member serves the head.
+        let serving = |ack: Ack, group_version: u64| Ack {
+            group_version: Some(group_version),
+            ..ack
+        };
         let rejected = |reason: String| {
             let active = self.head.load_full().map(|h| h.version);
             answer(AckStatus::Rejected, format!("refused: {reason}"), active)
@@ -54,11 +59,12 @@ impl Trainer {
         }
         match self.active_sha256() {
             Ok(Some((version, sha))) if sha == header.sha256 => {
-                return answer(
+                let ack = answer(
                     AckStatus::Duplicate,
                     format!("{from} is already active here as v{version}"),
                     Some(version),
-                )
+                );
+                return serving(ack, header.version);
             }
             Ok(_) => {}
             Err(e) => return rejected(e),
@@ -108,11 +114,12 @@ impl Trainer {
         if let Err(e) = self.store.prune_heads(self.settings.learning.keep_heads) {
             log::warn!("cannot prune old head versions: {e}");
         }
-        answer(
+        let ack = answer(
             AckStatus::Accepted,
             format!("adopted {from} as v{version}: {}", decision.reason),
             Some(version),
-        )
+        );
+        serving(ack, header.version)
     }
 
     /// The active version and the sha256 of its file, so a redelivered retained head (every
