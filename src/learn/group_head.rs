@@ -141,6 +141,86 @@ pub fn judge(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::learn::retrain::{retrain, Active, RetrainConfig};
+    use crate::learn::train::TrainConfig;
+    use crate::vision::spec::Fingerprint;
+
+    /// 30 samples of each of two well separated classes (deterministic, no rng), and a head
+    /// trained on them with the labels as given.
+    fn taught(labels: [&str; 2]) -> (Vec<(String, String, Vec<f32>)>, Head) {
+        let rows: Vec<(String, String, Vec<f32>)> = (0..60)
+            .map(|i| {
+                let class = i % 2;
+                let e = (0..8)
+                    .map(|d| {
+                        let jitter = ((i * 7 + d * 3) % 11) as f32 / 11.0;
+                        if d % 2 == class {
+                            3.0 + jitter
+                        } else {
+                            jitter
+                        }
+                    })
+                    .collect();
+                (["a", "b"][class].to_string(), format!("h{i}"), e)
+            })
+            .collect();
+        let relabeled: Vec<(String, String, Vec<f32>)> = rows
+            .iter()
+            .map(|(l, h, e)| {
+                (
+                    labels[usize::from(l == "b")].to_string(),
+                    h.clone(),
+                    e.clone(),
+                )
+            })
+            .collect();
+        let samples: Vec<Sample> = relabeled
+            .iter()
+            .map(|(label, hash, e)| Sample {
+                label,
+                content_hash: hash,
+                embedding: e,
+            })
+            .collect();
+        let fingerprint = Fingerprint {
+            model_sha256: "cd".repeat(32),
+            embedding_tensor: "features".into(),
+            dim: 8,
+        };
+        let cfg = RetrainConfig {
+            train: TrainConfig::default(),
+            gate_tolerance: 0.02,
+            force: false,
+            warm_start: false,
+            parallel: false,
+        };
+        let head = retrain(&samples, Active::default(), &fingerprint, &cfg)
+            .unwrap()
+            .deployed
+            .unwrap()
+            .head;
+        (rows, head)
+    }
+
+    #[test]
+    fn a_head_worse_on_the_members_own_samples_is_refused() {
+        let (rows, good) = taught(["a", "b"]);
+        let (_, swapped) = taught(["b", "a"]);
+        let samples: Vec<Sample> = rows
+            .iter()
+            .map(|(label, hash, e)| Sample {
+                label,
+                content_hash: hash,
+                embedding: e,
+            })
+            .collect();
+        let verdict = |candidate, active| judge(candidate, active, &samples, 0.3, 1, 0.02);
+        assert!(!verdict(&swapped, Some(&good)).accepted);
+        assert!(verdict(&good, Some(&swapped)).accepted);
+        // Nothing to lose without an active head; no samples to compare on: accepted.
+        assert!(verdict(&swapped, None).accepted);
+        assert!(judge(&swapped, Some(&good), &[], 0.3, 1, 0.02).accepted);
+    }
 
     #[test]
     fn a_message_round_trips_and_every_tampering_is_refused() {
