@@ -145,6 +145,18 @@ mod tests {
     use crate::learn::train::TrainConfig;
     use crate::vision::spec::Fingerprint;
 
+    type Row = (String, String, Vec<f32>);
+
+    fn borrowed(rows: &[Row]) -> Vec<Sample<'_>> {
+        rows.iter()
+            .map(|(label, hash, e)| Sample {
+                label,
+                content_hash: hash,
+                embedding: e,
+            })
+            .collect()
+    }
+
     /// 30 samples of each of two well separated classes (deterministic, no rng), and a head
     /// trained on them with the labels as given.
     fn taught(labels: [&str; 2]) -> (Vec<(String, String, Vec<f32>)>, Head) {
@@ -174,14 +186,7 @@ mod tests {
                 )
             })
             .collect();
-        let samples: Vec<Sample> = relabeled
-            .iter()
-            .map(|(label, hash, e)| Sample {
-                label,
-                content_hash: hash,
-                embedding: e,
-            })
-            .collect();
+        let samples = borrowed(&relabeled);
         let fingerprint = Fingerprint {
             model_sha256: "cd".repeat(32),
             embedding_tensor: "features".into(),
@@ -206,14 +211,7 @@ mod tests {
     fn a_head_worse_on_the_members_own_samples_is_refused() {
         let (rows, good) = taught(["a", "b"]);
         let (_, swapped) = taught(["b", "a"]);
-        let samples: Vec<Sample> = rows
-            .iter()
-            .map(|(label, hash, e)| Sample {
-                label,
-                content_hash: hash,
-                embedding: e,
-            })
-            .collect();
+        let samples = borrowed(&rows);
         let verdict = |candidate, active| judge(candidate, active, &samples, 0.3, 1, 0.02);
         assert!(!verdict(&swapped, Some(&good)).accepted);
         assert!(verdict(&good, Some(&swapped)).accepted);
