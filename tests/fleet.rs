@@ -2,7 +2,8 @@
 //! `glimpse run` daemons with `dir:` sources in one group, taught once with `glimpse send
 //! --group`. The leader trains and publishes its head retained on the group topic; members adopt
 //! it; late members catch up from the retained head; a foreign backbone and a corrupt message
-//! are refused; a crash while a head is being stored leaves a complete head.
+//! are refused; a crash while a head is being stored leaves the previous head (none, or the old
+//! one), complete, and the next start adopts the new one.
 
 mod common;
 
@@ -227,6 +228,18 @@ fn prepare(root: &Path) -> (PathBuf, PathBuf, Vec<String>) {
         }
     }
     (teach, held, labels)
+}
+
+/// A second, smaller lesson: photos neither taught nor held back, `more/{class}/...`.
+fn second_lesson(root: &Path) -> PathBuf {
+    let more = root.join("more");
+    for class in ["paper", "rock", "scissors"] {
+        std::fs::create_dir_all(more.join(class)).unwrap();
+        for f in &class_files(class)[TAUGHT + HELD..TAUGHT + HELD + 4] {
+            std::fs::copy(f, more.join(class).join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    more
 }
 
 fn idle_source(root: &Path) -> PathBuf {
@@ -484,6 +497,40 @@ fn one_teaching_reaches_the_group_and_late_members_catch_up() {
         "{ack}"
     );
     assert_eq!(m1.store().1.map(|h| h.0), before.map(|h| h.0));
+
+    // A member that serves a head and crashes while adopting the next one comes back serving the
+    // old head, complete, and then adopts the new one.
+    crash.stop();
+    sub.clear();
+    crash.spawn(Some("head-commit-abort"));
+    let ack = crash.adopt_ack(&sub);
+    assert_eq!(ack["status"], "duplicate", "{ack}\n{}", crash.log());
+    let more = second_lesson(tmp.path());
+    sub.clear();
+    send_group(&broker, &more);
+    crash.wait_exit(Duration::from_secs(120));
+    let (_, head) = crash.store();
+    let (old_version, _, old_bytes) = head.expect("the old head is still active");
+    assert_eq!(
+        sha256(&old_bytes),
+        sha256(&lead_bytes),
+        "the old head, complete"
+    );
+    crash.spawn(None);
+    let ack = crash.adopt_ack(&sub);
+    assert_eq!(ack["status"], "accepted", "{ack}\n{}", crash.log());
+    let (new_version, _, new_bytes) = crash.store().1.expect("the new head");
+    assert!(new_version > old_version);
+    let (_, lead_head) = lead.store();
+    assert_eq!(
+        sha256(&new_bytes),
+        sha256(&lead_head.expect("leader's head").2)
+    );
+    assert_ne!(
+        sha256(&new_bytes),
+        sha256(&lead_bytes),
+        "a new head was adopted"
+    );
 
     // Every member predicts the taught classes on the held-back photos with that head.
     for member in [&mut lead, &mut m1, &mut m2, &mut late] {
