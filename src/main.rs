@@ -52,6 +52,8 @@ enum Command {
     Rollback(cli::send::DeviceArgs),
     /// Fetch a device's samples (thumbnails and labels) as a tar archive.
     Export(cli::export::ExportArgs),
+    /// Serve a web page (phone-first) that shows and teaches every device, relayed over MQTT.
+    Studio(cli::studio::StudioArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,7 +61,7 @@ fn main() -> ExitCode {
     // The daemon sets up its own logging (journald or stderr, level from its config); the
     // offline commands only say what went wrong unless RUST_LOG asks for more.
     if !matches!(cli.command, Command::Run(_)) {
-        let default = if matches!(cli.command, Command::Capture(_)) {
+        let default = if matches!(cli.command, Command::Capture(_) | Command::Studio(_)) {
             "info"
         } else {
             "warn"
@@ -81,6 +83,7 @@ fn main() -> ExitCode {
         Command::Forget(args) => cli::send::forget(args),
         Command::Rollback(args) => cli::send::rollback(args),
         Command::Export(args) => cli::export::export(args),
+        Command::Studio(args) => cli::studio::studio(args).map(|()| true),
     };
     match outcome {
         Ok(true) => ExitCode::SUCCESS,

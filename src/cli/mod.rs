@@ -8,6 +8,7 @@ pub mod export; // glimpse export: a device's samples (thumbnails + labels) as a
 pub mod fetch; // glimpse fetch-model: download + verify a model named by a manifest
 pub mod run; // glimpse run (the daemon) and glimpse check-config
 pub mod send; // glimpse send / samples / retrain / rollback: teaching a device over MQTT
+pub mod studio; // glimpse studio: a web page that teaches devices, relayed over MQTT
 pub mod train; // glimpse train: class-per-folder dataset -> embeddings (cached) -> head file
 pub mod watch; // `glimpse watch`: print what devices publish
 pub mod watch_group; // `glimpse watch --group`: a fleet group's members in one table

@@ -199,7 +199,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         limits: DecodeLimits::default(),
         skip_unchanged_below: config.pipeline.skip_unchanged_below,
         top_k: config.model.top_k,
-        thumbnail_px: if config.learning.recent_frames > 0 {
+        // Thumbnails feed the labelling ring and `frame/thumbnail`; neither on: none made.
+        thumbnail_px: if config.learning.recent_frames > 0 || config.mqtt.thumbnail_interval_ms > 0 {
             config.learning.thumbnail_px
         } else {
             0
@@ -256,6 +257,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             event = events.recv() => match event {
                 Some(event) => {
                     publisher.prediction(&event);
+                    publisher.thumbnail(event.frame_id, event.thumbnail.as_deref());
                     let mut ring = recent.lock().unwrap_or_else(|p| p.into_inner());
                     ring.push(RecentFrame {
                         frame_id: event.frame_id,

@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::mqtt::discovery::{discovery_messages, DiscoveryInput};
 use crate::mqtt::hints;
 use crate::mqtt::link::{MqttLink, Received};
+use crate::mqtt::messages::thumbnail::{tag_frame, MAX_THUMBNAIL_BYTES};
 use crate::mqtt::messages::{now_unix_ms, unix_ms, Prediction, StageLatency, State, Stats};
 use crate::mqtt::policy::PublishPolicy;
 use crate::mqtt::topics::Outgoing;
@@ -35,6 +36,9 @@ pub struct Publisher {
     previous: Previous,
     head_version: Option<u64>,
     state_dir: std::path::PathBuf,
+    /// `mqtt.thumbnail_interval_ms`; `None` when thumbnails are off.
+    thumbnail_every: Option<std::time::Duration>,
+    last_thumbnail: Option<Instant>,
 }
 
 impl Publisher {
@@ -58,6 +62,9 @@ impl Publisher {
             },
             head_version: None,
             state_dir: config.state_dir(),
+            thumbnail_every: (config.mqtt.thumbnail_interval_ms > 0)
+                .then(|| std::time::Duration::from_millis(config.mqtt.thumbnail_interval_ms)),
+            last_thumbnail: None,
         }
     }
 
@@ -126,6 +133,26 @@ impl Publisher {
             if let Err(err) = self.link.publish_json(Outgoing::State, &state) {
                 log::warn!("state: {err}");
             }
+        }
+    }
+
+    /// Publishes the frame's thumbnail on `frame/thumbnail` when thumbnails are on and the
+    /// interval has passed since the last one (not retained: a stale picture misleads).
+    pub fn thumbnail(&mut self, frame_id: u64, jpeg: Option<&[u8]>) {
+        let (Some(every), Some(jpeg)) = (self.thumbnail_every, jpeg) else {
+            return;
+        };
+        let now = Instant::now();
+        if self.last_thumbnail.is_some_and(|last| now < last + every) {
+            return;
+        }
+        let Some(tagged) = tag_frame(jpeg, frame_id).filter(|t| t.len() <= MAX_THUMBNAIL_BYTES)
+        else {
+            return;
+        };
+        self.last_thumbnail = Some(now);
+        if let Err(err) = self.link.publish_to(Outgoing::Thumbnail, tagged) {
+            log::warn!("thumbnail of frame {frame_id}: {err}");
         }
     }
 

@@ -78,6 +78,9 @@ impl Default for HomeAssistantConfig {
     }
 }
 
+/// The shortest `thumbnail_interval_ms`: at most 5 thumbnails a second.
+pub const MIN_THUMBNAIL_INTERVAL_MS: u64 = 200;
+
 /// The `[mqtt]` section.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -110,6 +113,9 @@ pub struct MqttConfig {
     /// Messages held while the broker is away; beyond it the oldest are dropped (and counted).
     pub outbox_capacity: usize,
     pub stats_interval_s: u64,
+    /// Milliseconds between two frames published on `{p}/{d}/frame/thumbnail` (small JPEGs for
+    /// dashboards such as `glimpse studio`); 0 = none (the default: they cost bandwidth).
+    pub thumbnail_interval_ms: u64,
     pub publish: PolicyConfig,
     pub homeassistant: HomeAssistantConfig,
     /// The fleet group (`learning.group`), copied here when the config is loaded so the link
@@ -137,6 +143,7 @@ impl Default for MqttConfig {
             reconnect_backoff_max_s: 30,
             outbox_capacity: 256,
             stats_interval_s: 10,
+            thumbnail_interval_ms: 0,
             publish: PolicyConfig::default(),
             homeassistant: HomeAssistantConfig::default(),
             group: None,
@@ -277,6 +284,14 @@ impl MqttConfig {
         }
         if self.stats_interval_s == 0 {
             return Err(invalid("stats_interval_s", "must be at least 1"));
+        }
+        // A floor, so a typo cannot turn thumbnails into a video stream on a thin uplink.
+        if self.thumbnail_interval_ms != 0 && self.thumbnail_interval_ms < MIN_THUMBNAIL_INTERVAL_MS
+        {
+            return Err(invalid(
+                "thumbnail_interval_ms",
+                format!("must be 0 (off) or at least {MIN_THUMBNAIL_INTERVAL_MS}"),
+            ));
         }
         if self.password_file.is_some() && self.password_env.is_some() {
             return Err(invalid(
@@ -496,6 +511,13 @@ mod tests {
                     ..base.clone()
                 },
                 "mqtt.outbox_capacity",
+            ),
+            (
+                MqttConfig {
+                    thumbnail_interval_ms: 50,
+                    ..base.clone()
+                },
+                "mqtt.thumbnail_interval_ms",
             ),
             (
                 MqttConfig {

@@ -9,6 +9,8 @@
 // Every test binary compiles this module but uses only part of it.
 #![allow(dead_code)]
 
+pub mod studio; // glimpse studio harness: daemon with thumbnails, studio process, WebDriver
+
 use std::fs::File;
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

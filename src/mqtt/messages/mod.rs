@@ -10,6 +10,7 @@ pub mod learning; // teaching: acks, commands, the training report
 pub mod prediction; // one classified frame
 pub mod state; // the smoothed current label (retained)
 pub mod stats; // periodic health: fps, drops, stage latencies, memory, reconnects
+pub mod thumbnail; // frame/thumbnail: a small JPEG tagged with its frame_id
 
 pub use availability::Availability;
 pub use prediction::{Prediction, Scored};
