@@ -36,7 +36,12 @@ fn token_file(dir: &Path) -> String {
 
 /// The studio's base URL (`http://127.0.0.1:PORT`) from the URL it printed.
 fn base_of(printed: &str) -> String {
-    printed.split("/?").next().unwrap().trim_end_matches('/').to_string()
+    printed
+        .split("/?")
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_string()
 }
 
 /// Reads the live stream on a thread; yields `(event, data)` pairs.
@@ -141,12 +146,17 @@ fn the_relay_hands_back_acks_and_refuses_hostile_requests_clearly() {
         assert!(body.contains("missing or wrong access token"), "{body}");
     }
     let page = ureq::get(&format!("{base}/?token={TOKEN}")).call().unwrap();
-    let csp = page.header("content-security-policy").unwrap_or("").to_string();
+    let csp = page
+        .header("content-security-policy")
+        .unwrap_or("")
+        .to_string();
     assert!(csp.contains("script-src 'self'"), "{csp}");
     assert!(page.into_string().unwrap().contains("glimpse studio"));
     let (code, body) = status_of(
-        ureq::post(&format!("{base}/api/devices/{DEVICE}/command/labels?token={TOKEN}"))
-            .send_bytes(b"{}"),
+        ureq::post(&format!(
+            "{base}/api/devices/{DEVICE}/command/labels?token={TOKEN}"
+        ))
+        .send_bytes(b"{}"),
     );
     assert_eq!(code, 403, "a POST without the page's header: {body}");
 
@@ -161,7 +171,11 @@ fn the_relay_hands_back_acks_and_refuses_hostile_requests_clearly() {
     let jpeg = base64::engine::general_purpose::STANDARD
         .decode(thumb["jpeg"].as_str().unwrap())
         .unwrap();
-    assert!(jpeg.starts_with(&[0xFF, 0xD8]) && jpeg.len() < 64 * 1024, "{} bytes", jpeg.len());
+    assert!(
+        jpeg.starts_with(&[0xFF, 0xD8]) && jpeg.len() < 64 * 1024,
+        "{} bytes",
+        jpeg.len()
+    );
     let decoded = image::load_from_memory(&jpeg).expect("the thumbnail decodes");
     assert!(decoded.width().max(decoded.height()) <= 96);
     next_event(&events, "the device's size limit", |e, d| {
@@ -170,19 +184,37 @@ fn the_relay_hands_back_acks_and_refuses_hostile_requests_clearly() {
 
     // Photos: the device's ack comes back, matched by the bytes' sha256 and the label.
     let bytes = std::fs::read(&rock[0]).unwrap();
-    let (code, ack) = post(&base, &format!("/api/devices/{DEVICE}/photo?label=rock"), &bytes);
-    assert_eq!((code, ack["status"].as_str()), (200, Some("accepted")), "{ack}");
+    let (code, ack) = post(
+        &base,
+        &format!("/api/devices/{DEVICE}/photo?label=rock"),
+        &bytes,
+    );
+    assert_eq!(
+        (code, ack["status"].as_str()),
+        (200, Some("accepted")),
+        "{ack}"
+    );
     assert_eq!(ack["id"], hex_sha256(&bytes));
-    let (_, again) = post(&base, &format!("/api/devices/{DEVICE}/photo?label=rock"), &bytes);
+    let (_, again) = post(
+        &base,
+        &format!("/api/devices/{DEVICE}/photo?label=rock"),
+        &bytes,
+    );
     assert_eq!(again["status"], "duplicate", "{again}");
     for photo in &rock[1..3] {
-        let (_, ack) = post(&base, &format!("/api/devices/{DEVICE}/photo?label=rock"),
-            &std::fs::read(photo).unwrap());
+        let (_, ack) = post(
+            &base,
+            &format!("/api/devices/{DEVICE}/photo?label=rock"),
+            &std::fs::read(photo).unwrap(),
+        );
         assert_eq!(ack["status"], "accepted", "{ack}");
     }
     for photo in &paper {
-        let (_, ack) = post(&base, &format!("/api/devices/{DEVICE}/photo?label=paper"),
-            &std::fs::read(photo).unwrap());
+        let (_, ack) = post(
+            &base,
+            &format!("/api/devices/{DEVICE}/photo?label=paper"),
+            &std::fs::read(photo).unwrap(),
+        );
         assert_eq!(ack["status"], "accepted", "{ack}");
     }
     next_event(&events, "samples per label", |e, d| {
@@ -190,11 +222,21 @@ fn the_relay_hands_back_acks_and_refuses_hostile_requests_clearly() {
     });
 
     // One tap: the frame a thumbnail shown now names, no upload.
-    let fresh = next_event(&events, "a fresh thumbnail", |e, d| e == "thumbnail" && d["frame_id"].is_u64());
+    let fresh = next_event(&events, "a fresh thumbnail", |e, d| {
+        e == "thumbnail" && d["frame_id"].is_u64()
+    });
     let frame = fresh["frame_id"].as_u64().unwrap();
     let request = json!({"label": "rock", "frame_id": frame}).to_string();
-    let (code, ack) = post(&base, &format!("/api/devices/{DEVICE}/frame"), request.as_bytes());
-    assert_eq!((code, ack["status"].as_str()), (200, Some("accepted")), "{ack}");
+    let (code, ack) = post(
+        &base,
+        &format!("/api/devices/{DEVICE}/frame"),
+        request.as_bytes(),
+    );
+    assert_eq!(
+        (code, ack["status"].as_str()),
+        (200, Some("accepted")),
+        "{ack}"
+    );
     assert_eq!(ack["count"], 4, "{ack}");
 
     // Hostile requests get clear answers, before anything is published.
@@ -202,9 +244,19 @@ fn the_relay_hands_back_acks_and_refuses_hostile_requests_clearly() {
         ("/photo?label=a%2Fb", b"x", 400, "not allowed"),
         ("/photo?label=%20rock", b"x", 400, "white space"),
         ("/photo?label=rock", b"", 400, "empty"),
-        ("/frame", b"{\"label\": \"rock\", \"frame_id\": ", 400, "malformed request"),
+        (
+            "/frame",
+            b"{\"label\": \"rock\", \"frame_id\": ",
+            400,
+            "malformed request",
+        ),
         ("/command/export", b"{}", 400, "unknown command"),
-        ("/command/forget", b"{\"label\": \"x#y\"}", 400, "not allowed"),
+        (
+            "/command/forget",
+            b"{\"label\": \"x#y\"}",
+            400,
+            "not allowed",
+        ),
     ];
     for (path, body, status, text) in cases {
         let (code, answer) = post(&base, &format!("/api/devices/{DEVICE}{path}"), body);
@@ -214,7 +266,13 @@ fn the_relay_hands_back_acks_and_refuses_hostile_requests_clearly() {
     }
     let (code, answer) = post(&base, "/api/devices/ghost/command/labels", b"{}");
     assert_eq!(code, 409, "{answer}");
-    assert!(answer["error"].as_str().unwrap().contains("never announced"), "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("never announced"),
+        "{answer}"
+    );
     // Over the device's limit: refused from the declared length, before the body is read.
     let address = base.trim_start_matches("http://");
     let mut raw = TcpStream::connect(address).unwrap();
@@ -233,8 +291,17 @@ fn the_relay_hands_back_acks_and_refuses_hostile_requests_clearly() {
     assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
 
     // Retrain, and the live prediction turns to the taught class.
-    let (code, ack) = post(&base, &format!("/api/devices/{DEVICE}/command/retrain"), b"");
-    assert_eq!((code, ack["status"].as_str()), (200, Some("accepted")), "{ack}\n{}", daemon.log());
+    let (code, ack) = post(
+        &base,
+        &format!("/api/devices/{DEVICE}/command/retrain"),
+        b"",
+    );
+    assert_eq!(
+        (code, ack["status"].as_str()),
+        (200, Some("accepted")),
+        "{ack}\n{}",
+        daemon.log()
+    );
     assert!(ack["head_version"].is_u64(), "{ack}");
     next_event(&events, "a prediction of rock", |e, d| {
         e == "prediction" && d["prediction"]["label"] == "rock"
@@ -249,7 +316,10 @@ fn the_relay_hands_back_acks_and_refuses_hostile_requests_clearly() {
 }
 
 fn hex_sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Text of the elements matching `css`, via the page's own DOM (what the operator sees).
@@ -260,14 +330,17 @@ fn texts(browser: &Browser, css: &str) -> Vec<String> {
     );
     value
         .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 fn wait_texts(browser: &Browser, css: &str, what: &str, pred: impl Fn(&[String]) -> bool) {
-    poll(LONG, || pred(&texts(browser, css)).then_some(())).unwrap_or_else(|| {
-        panic!("{what}: {css} shows {:?}", texts(browser, css))
-    });
+    poll(LONG, || pred(&texts(browser, css)).then_some(()))
+        .unwrap_or_else(|| panic!("{what}: {css} shows {:?}", texts(browser, css)));
 }
 
 #[test]
@@ -285,20 +358,30 @@ fn a_phone_browser_teaches_a_device_and_watches_it_predict() {
     // A wrong token gets the refusal, not the page.
     browser.open(&format!("{base}/?token=not-the-token-0000000"));
     let body = browser.eval("return document.body.textContent;", json!([]));
-    assert!(body.as_str().unwrap_or("").contains("missing or wrong access token"), "{body}");
+    assert!(
+        body.as_str()
+            .unwrap_or("")
+            .contains("missing or wrong access token"),
+        "{body}"
+    );
     assert!(texts(&browser, "article.card").is_empty());
 
     browser.open(&printed);
     let card = format!("article[data-device=\"{DEVICE}\"]");
-    wait_texts(&browser, &format!("{card} .status"), "the device online", |t| {
-        t == ["online"]
-    });
+    wait_texts(
+        &browser,
+        &format!("{card} .status"),
+        "the device online",
+        |t| t == ["online"],
+    );
     poll(LONG, || {
         let src = browser.eval(
             "const i = document.querySelector(arguments[0]); return i && i.src;",
             json!([format!("{card} img.thumb")]),
         );
-        src.as_str().is_some_and(|s| s.starts_with("data:image/jpeg;base64,")).then_some(())
+        src.as_str()
+            .is_some_and(|s| s.starts_with("data:image/jpeg;base64,"))
+            .then_some(())
     })
     .expect("a thumbnail appears");
 
@@ -311,27 +394,42 @@ fn a_phone_browser_teaches_a_device_and_watches_it_predict() {
         let paths: Vec<String> = photos.iter().map(|p| p.display().to_string()).collect();
         browser.type_into(&format!("{card} input.photos"), &paths.join("\n"));
         let n = photos.len();
-        wait_texts(&browser, &format!("{card} ul.files .ack"), "every upload acked", |t| {
-            t.len() == n && t.iter().all(|a| a.starts_with("accepted"))
-        });
+        wait_texts(
+            &browser,
+            &format!("{card} ul.files .ack"),
+            "every upload acked",
+            |t| t.len() == n && t.iter().all(|a| a.starts_with("accepted")),
+        );
     }
 
     // One tap labels the frame on screen.
     browser.click(&format!("{card} .label-button[data-label=\"rock\"]"));
-    wait_texts(&browser, &format!("{card} .frame-ack"), "the frame label's ack", |t| {
-        t.first().is_some_and(|a| a.starts_with("accepted"))
-    });
+    wait_texts(
+        &browser,
+        &format!("{card} .frame-ack"),
+        "the frame label's ack",
+        |t| t.first().is_some_and(|a| a.starts_with("accepted")),
+    );
 
     browser.click(&format!("{card} button.retrain"));
-    wait_texts(&browser, &format!("{card} .command-ack"), "the retrain's ack", |t| {
-        t.first().is_some_and(|a| a.starts_with("accepted"))
-    });
-    wait_texts(&browser, &format!("{card} .prediction"), "the live prediction", |t| {
-        t.first().is_some_and(|p| p.starts_with("rock "))
-    });
-    wait_texts(&browser, &format!("{card} table.confusion th"), "the confusion matrix", |t| {
-        t.iter().any(|h| h == "paper") && t.iter().any(|h| h == "rock")
-    });
+    wait_texts(
+        &browser,
+        &format!("{card} .command-ack"),
+        "the retrain's ack",
+        |t| t.first().is_some_and(|a| a.starts_with("accepted")),
+    );
+    wait_texts(
+        &browser,
+        &format!("{card} .prediction"),
+        "the live prediction",
+        |t| t.first().is_some_and(|p| p.starts_with("rock ")),
+    );
+    wait_texts(
+        &browser,
+        &format!("{card} table.confusion th"),
+        "the confusion matrix",
+        |t| t.iter().any(|h| h == "paper") && t.iter().any(|h| h == "rock"),
+    );
 
     // Screenshot of the taught page on a phone-sized viewport (docs/studio.png is made this way:
     // GLIMPSE_STUDIO_SCREENSHOT=docs/studio.png cargo test --test studio phone).
@@ -349,18 +447,24 @@ fn a_phone_browser_teaches_a_device_and_watches_it_predict() {
         json!([format!("{card} .new-label")]),
     );
     browser.click(&format!("{card} button.add-label"));
-    wait_texts(&browser, &format!("{card} .frame-ack"), "a/b refused", |t| {
-        t.first().is_some_and(|a| a.contains("not allowed"))
-    });
+    wait_texts(
+        &browser,
+        &format!("{card} .frame-ack"),
+        "a/b refused",
+        |t| t.first().is_some_and(|a| a.contains("not allowed")),
+    );
     let hostile = "<img src=x onerror=window.pwned=1>";
     browser.eval(
         "const i = document.querySelector(arguments[0]); i.value = arguments[1];",
         json!([format!("{card} .new-label"), hostile]),
     );
     browser.click(&format!("{card} button.add-label"));
-    wait_texts(&browser, &format!("{card} .label-button"), "the markup label as text", |t| {
-        t.iter().any(|b| b == hostile)
-    });
+    wait_texts(
+        &browser,
+        &format!("{card} .label-button"),
+        "the markup label as text",
+        |t| t.iter().any(|b| b == hostile),
+    );
     let injected = browser.eval(
         "return [window.pwned === undefined, document.querySelectorAll('img').length];",
         json!([]),

@@ -200,7 +200,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         skip_unchanged_below: config.pipeline.skip_unchanged_below,
         top_k: config.model.top_k,
         // Thumbnails feed the labelling ring and `frame/thumbnail`; neither on: none made.
-        thumbnail_px: if config.learning.recent_frames > 0 || config.mqtt.thumbnail_interval_ms > 0 {
+        thumbnail_px: if config.learning.recent_frames > 0 || config.mqtt.thumbnail_interval_ms > 0
+        {
             config.learning.thumbnail_px
         } else {
             0

@@ -85,7 +85,9 @@ pub fn start_studio(dir: &Path, broker: &Mosquitto, extra: &[&str]) -> (Proc, St
         // For tests that pass --password-env: a secret that must never appear in the output.
         .env("STUDIO_TEST_PASSWORD", "hunter2-studio")
         .stdout(Stdio::piped())
-        .stderr(Stdio::from(std::fs::File::create(&log).expect("studio log")))
+        .stderr(Stdio::from(
+            std::fs::File::create(&log).expect("studio log"),
+        ))
         .spawn()
         .expect("spawn glimpse studio");
     let stdout = child.stdout.take().expect("studio stdout");
@@ -113,6 +115,19 @@ pub fn poll<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<
         }
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+/// POSTs `body` as JSON (ureq is built without its `json` feature).
+fn send_json(request: ureq::Request, body: &Value) -> Result<ureq::Response, ureq::Error> {
+    request
+        .set("content-type", "application/json")
+        .send_string(&body.to_string())
+}
+
+/// A response body as JSON.
+fn json_of(response: ureq::Response) -> Value {
+    let text = response.into_string().expect("response body");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
 /// A headless chromium session driven over chromedriver's W3C WebDriver HTTP API.
@@ -158,11 +173,9 @@ impl Browser {
                                                       "pixelRatio": 1.0}}
             }
         }}});
-        let reply: Value = ureq::post(&format!("{base}/session"))
-            .send_json(caps)
-            .unwrap_or_else(|e| panic!("new session: {e}\n{}", driver.log()))
-            .into_json()
-            .expect("session JSON");
+        let reply = send_json(ureq::post(&format!("{base}/session")), &caps)
+            .unwrap_or_else(|e| panic!("new session: {e}\n{}", driver.log()));
+        let reply = json_of(reply);
         let session = reply["value"]["sessionId"]
             .as_str()
             .unwrap_or_else(|| panic!("no session id in {reply}"))
@@ -178,13 +191,16 @@ impl Browser {
         let url = format!("{}/session/{}{path}", self.base, self.session);
         let request = ureq::request(method, &url);
         let result = match body {
-            Some(body) => request.send_json(body),
+            Some(body) => send_json(request, &body),
             None => request.call(),
         };
         match result {
-            Ok(response) => response.into_json::<Value>().expect("webdriver JSON")["value"].take(),
+            Ok(response) => json_of(response)["value"].take(),
             Err(ureq::Error::Status(code, response)) => {
-                panic!("webdriver {method} {path}: {code} {}", response.into_string().unwrap_or_default())
+                panic!(
+                    "webdriver {method} {path}: {code} {}",
+                    response.into_string().unwrap_or_default()
+                )
             }
             Err(err) => panic!("webdriver {method} {path}: {err}"),
         }
@@ -196,17 +212,19 @@ impl Browser {
 
     /// Runs `script` (a function body; `arguments` are `args`) and returns its value.
     pub fn eval(&self, script: &str, args: Value) -> Value {
-        self.call("POST", "/execute/sync", Some(json!({ "script": script, "args": args })))
+        self.call(
+            "POST",
+            "/execute/sync",
+            Some(json!({ "script": script, "args": args })),
+        )
     }
 
     /// The WebDriver reference of the first element matching `css`, waiting up to `limit`.
     pub fn find(&self, css: &str, limit: Duration) -> Value {
         let url = format!("{}/session/{}/element", self.base, self.session);
         poll(limit, || {
-            let reply = ureq::post(&url)
-                .send_json(json!({ "using": "css selector", "value": css }))
-                .ok()?;
-            let value: Value = reply.into_json().ok()?;
+            let query = json!({ "using": "css selector", "value": css });
+            let value = json_of(send_json(ureq::post(&url), &query).ok()?);
             Some(value["value"].clone())
         })
         .unwrap_or_else(|| panic!("no element {css} within {limit:?}"))

@@ -60,7 +60,9 @@ pub enum ApiError {
     BadLabel(#[from] LabelError),
     #[error("malformed request: {0}")]
     Malformed(String),
-    #[error("the body is over the limit of {limit} bytes (the device's learning.max_sample_bytes)")]
+    #[error(
+        "the body is over the limit of {limit} bytes (the device's learning.max_sample_bytes)"
+    )]
     TooLarge { limit: u64 },
     #[error("unknown command {0:?}: the studio runs retrain, rollback, forget and labels")]
     UnknownCommand(String),
@@ -94,9 +96,18 @@ impl IntoResponse for ApiError {
 /// The router with every route and the access check in front of all of them.
 pub fn router(studio: Studio) -> Router {
     Router::new()
-        .route("/", get(|| async { page(INDEX_HTML, "text/html; charset=utf-8") }))
-        .route("/app.js", get(|| async { page(APP_JS, "text/javascript; charset=utf-8") }))
-        .route("/app.css", get(|| async { page(APP_CSS, "text/css; charset=utf-8") }))
+        .route(
+            "/",
+            get(|| async { page(INDEX_HTML, "text/html; charset=utf-8") }),
+        )
+        .route(
+            "/app.js",
+            get(|| async { page(APP_JS, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/app.css",
+            get(|| async { page(APP_CSS, "text/css; charset=utf-8") }),
+        )
         .route("/api/events", get(events))
         .route("/api/devices/{device}/frame", post(label_frame))
         .route("/api/devices/{device}/photo", post(upload_photo))
@@ -130,8 +141,14 @@ async fn guard(State(studio): State<Studio>, request: Request, next: Next) -> Re
              connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
         ),
     );
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
@@ -162,7 +179,9 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The live stream: every device now, then each change, as server-sent events.
-async fn events(State(studio): State<Studio>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+async fn events(
+    State(studio): State<Studio>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let (snapshot, receiver) = studio.relay.subscribe();
     let live = stream::unfold(receiver, |mut receiver| async move {
         loop {
@@ -228,7 +247,13 @@ async fn label_frame(
     let topic = studio.relay.topics(&device)?.sample_json();
     let ack = studio
         .relay
-        .request(&device, topic, payload.to_string().into_bytes(), &id, Some(label.as_str()))
+        .request(
+            &device,
+            topic,
+            payload.to_string().into_bytes(),
+            &id,
+            Some(label.as_str()),
+        )
         .await?;
     Ok(Json(serde_json::to_value(ack).unwrap_or_default()))
 }
@@ -286,7 +311,9 @@ async fn command(
         parse_json(&bytes)?
     };
     if !args.is_object() {
-        return Err(ApiError::Malformed("the argument must be a JSON object".into()));
+        return Err(ApiError::Malformed(
+            "the argument must be a JSON object".into(),
+        ));
     }
     if name == "forget" {
         let label = args.get("label").and_then(Value::as_str).unwrap_or("");

@@ -57,7 +57,11 @@ fn access_token(args: &StudioArgs) -> anyhow::Result<Option<String>> {
             .map_err(|e| ConfigError(format!("--token-file {}: {e}", path.display())))?;
         let token = text.lines().next().unwrap_or("").trim().to_string();
         // Short tokens are guessable over a LAN; printable ASCII keeps them URL-safe to type.
-        if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b)) {
+        if token.len() < 16
+            || !token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b))
+        {
             return Err(ConfigError(format!(
                 "--token-file {}: the token must be at least 16 characters of A-Z a-z 0-9 - _ . ~",
                 path.display()
@@ -109,9 +113,15 @@ pub fn studio(args: &StudioArgs) -> anyhow::Result<()> {
             None => format!("http://{address}/"),
         };
         // One line a script (and the tests) can read: where the page is.
-        println!("glimpse studio: {link} (broker {url}, prefix {})", args.prefix);
+        println!(
+            "glimpse studio: {link} (broker {url}, prefix {})",
+            args.prefix
+        );
         if address.ip().is_unspecified() {
-            println!("glimpse studio: on a phone, use this machine's LAN address in place of {}", address.ip());
+            println!(
+                "glimpse studio: on a phone, use this machine's LAN address in place of {}",
+                address.ip()
+            );
         }
         let app = http::router(http::Studio { relay, token });
         axum::serve(listener, app)
@@ -143,10 +153,14 @@ mod tests {
     #[test]
     fn loopback_needs_no_token_other_addresses_get_one() {
         assert_eq!(access_token(&args(&[])).unwrap(), None);
-        let token = access_token(&args(&["--listen", "0.0.0.0:8080"])).unwrap().unwrap();
+        let token = access_token(&args(&["--listen", "0.0.0.0:8080"]))
+            .unwrap()
+            .unwrap();
         assert_eq!(token.len(), 32);
         assert_ne!(
-            access_token(&args(&["--listen", "0.0.0.0:8080"])).unwrap().unwrap(),
+            access_token(&args(&["--listen", "0.0.0.0:8080"]))
+                .unwrap()
+                .unwrap(),
             token
         );
     }

@@ -19,17 +19,6 @@ use crate::mqtt::messages::learning::Ack;
 use crate::mqtt::messages::thumbnail::frame_of;
 use crate::mqtt::topics::{parse_outgoing, Outgoing, Topics};
 
-/// What the studio listens to for every device (`{p}/+/...`).
-const FOLLOWED: [Outgoing; 7] = [
-    Outgoing::Availability,
-    Outgoing::Prediction,
-    Outgoing::State,
-    Outgoing::Stats,
-    Outgoing::Ack,
-    Outgoing::Report,
-    Outgoing::Thumbnail,
-];
-
 /// Live events kept for a slow page; one that falls further behind skips to the newest.
 const LIVE_BACKLOG: usize = 256;
 
@@ -166,8 +155,10 @@ impl Relay {
     }
 
     async fn poll(self, mut eventloop: EventLoop, url: String) {
-        let filters: Vec<SubscribeFilter> = FOLLOWED
+        // Everything a device publishes but export archives (megabytes nobody here asked for).
+        let filters: Vec<SubscribeFilter> = Outgoing::ALL
             .iter()
+            .filter(|k| **k != Outgoing::Export)
             .map(|k| {
                 let filter = format!("{}/+/{}", self.inner.prefix, k.suffix());
                 SubscribeFilter::new(filter, QoS::AtLeastOnce)
@@ -198,7 +189,11 @@ impl Relay {
         for device in devices.values() {
             snapshot.push(Live::device(device));
             if let Some(jpeg) = &device.thumbnail {
-                snapshot.push(Live::thumbnail(&device.device, device.thumbnail_frame, jpeg));
+                snapshot.push(Live::thumbnail(
+                    &device.device,
+                    device.thumbnail_frame,
+                    jpeg,
+                ));
             }
         }
         (snapshot, receiver)
@@ -237,10 +232,7 @@ impl Relay {
                 d.thumbnail_frame = frame;
                 Shown::Nothing
             });
-            let _ = self
-                .inner
-                .live
-                .send(Live::thumbnail(&name, frame, payload));
+            let _ = self.inner.live.send(Live::thumbnail(&name, frame, payload));
             return;
         }
         let json: Option<Value> = serde_json::from_slice(payload).ok();
@@ -353,13 +345,19 @@ impl Relay {
     }
 
     /// Sends command `name` with `args` (a JSON object) and a fresh id; waits for its ack.
-    pub async fn command(&self, device: &str, name: &str, mut args: Value) -> Result<Ack, RelayError> {
+    pub async fn command(
+        &self,
+        device: &str,
+        name: &str,
+        mut args: Value,
+    ) -> Result<Ack, RelayError> {
         let id = fresh_id();
         args["id"] = Value::String(id.clone());
         let topics = Topics::new(&self.inner.prefix, device)
             .map_err(|e| RelayError::Broker(e.to_string()))?;
         let payload = serde_json::to_vec(&args).unwrap_or_default();
-        self.request(device, topics.command(name), payload, &id, None).await
+        self.request(device, topics.command(name), payload, &id, None)
+            .await
     }
 
     /// The topics of `device` under the studio's prefix.
@@ -400,7 +398,10 @@ fn apply_message(d: &mut Device, kind: Outgoing, payload: &[u8], json: Option<Va
         (Outgoing::Stats, Some(v)) => {
             d.fps_in = v.get("fps_in").and_then(Value::as_f64);
             d.fps_out = v.get("fps_out").and_then(Value::as_f64);
-            d.head_version = v.get("head_version").and_then(Value::as_u64).or(d.head_version);
+            d.head_version = v
+                .get("head_version")
+                .and_then(Value::as_u64)
+                .or(d.head_version);
             Shown::Device
         }
         (Outgoing::Report, Some(v)) => {
