@@ -391,7 +391,11 @@ fn a_phone_browser_teaches_a_device_and_watches_it_predict() {
             "const i = document.querySelector(arguments[0]); i.value = arguments[1];",
             json!([format!("{card} .photo-label"), label]),
         );
-        let paths: Vec<String> = photos.iter().map(|p| p.display().to_string()).collect();
+        // chromedriver wants canonical paths (no `..`).
+        let paths: Vec<String> = photos
+            .iter()
+            .map(|p| p.canonicalize().unwrap().display().to_string())
+            .collect();
         browser.type_into(&format!("{card} input.photos"), &paths.join("\n"));
         let n = photos.len();
         wait_texts(

@@ -32,6 +32,8 @@ const MAX_JSON_BYTES: usize = 16 * 1024;
 /// The header every POST must carry: a cross-site form or `fetch` without CORS cannot set it,
 /// so another web page open in the operator's browser cannot drive the studio.
 pub const CSRF_HEADER: &str = "x-glimpse-studio";
+/// The cookie that carries the access token after the first accepted request.
+const COOKIE: &str = "glimpse_studio_token";
 /// Commands a page may run; anything else is refused here, before the device sees it.
 const COMMANDS: [&str; 4] = ["retrain", "rollback", "forget", "labels"];
 
@@ -124,10 +126,17 @@ fn page(body: &'static str, content_type: &'static str) -> Response {
 /// headers that keep the page from running anything it did not ship (a label that slipped
 /// through as markup would still not execute).
 async fn guard(State(studio): State<Studio>, request: Request, next: Next) -> Response {
+    let mut set_cookie = None;
     if let Some(token) = &studio.token {
         if !presented_tokens(&request).any(|t| same_secret(t.as_bytes(), token.as_bytes())) {
             return ApiError::Unauthorized.into_response();
         }
+        // The page's own files and requests then carry it without `?token=` in every URL;
+        // SameSite=Strict keeps other sites' requests from carrying it.
+        set_cookie = HeaderValue::from_str(&format!(
+            "{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict"
+        ))
+        .ok();
     }
     if request.method() == Method::POST && !request.headers().contains_key(CSRF_HEADER) {
         return ApiError::MissingCsrfHeader.into_response();
@@ -150,11 +159,14 @@ async fn guard(State(studio): State<Studio>, request: Request, next: Next) -> Re
         HeaderValue::from_static("no-referrer"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(cookie) = set_cookie {
+        headers.insert(header::SET_COOKIE, cookie);
+    }
     response
 }
 
-/// The tokens a request carries: `?token=` (how the page and its live stream send it: an
-/// `EventSource` cannot set headers) and `Authorization: Bearer`.
+/// The tokens a request carries: `?token=` (the printed link), the cookie the studio sets
+/// once a token was accepted, and `Authorization: Bearer` (scripts).
 fn presented_tokens(request: &Request) -> impl Iterator<Item = String> + '_ {
     let from_query = Query::<TokenQuery>::try_from_uri(request.uri())
         .ok()
@@ -165,7 +177,15 @@ fn presented_tokens(request: &Request) -> impl Iterator<Item = String> + '_ {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_string);
-    from_query.into_iter().chain(from_header)
+    let from_cookie = request
+        .headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+        .map(str::to_string);
+    from_query.into_iter().chain(from_header).chain(from_cookie)
 }
 
 #[derive(Deserialize)]

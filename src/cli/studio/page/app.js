@@ -34,7 +34,9 @@ function ackText(ack) {
 
 function showAck(node, ack) {
   node.textContent = ackText(ack);
-  node.className = "ack " + (ack.error ? "error" : ack.status || "");
+  // Only the verdict class changes: the node keeps the classes it was made with.
+  node.classList.remove("accepted", "duplicate", "rejected", "error");
+  node.classList.add(ack.error ? "error" : ack.status || "error");
 }
 
 async function post(path, body, contentType) {
@@ -95,11 +97,12 @@ function card(device) {
   p.forgetLabel = el("select", { class: "forget-label" });
   p.samples = el("table", { class: "samples" });
   p.report = el("div", { class: "report" });
-  const state = { device, labels: {} };
-  const entry = { p, state };
+  const entry = { p, state: { device, labels: {} } };
 
   const labelFrame = async (label) => {
-    const frame = state.thumbnail_frame ?? (state.prediction && state.prediction.frame_id);
+    // entry.state, not a captured copy: every device event replaces it.
+    const now = entry.state;
+    const frame = now.thumbnail_frame ?? (now.prediction && now.prediction.frame_id);
     if (frame === undefined || frame === null) return showAck(p.frameAck, { error: "no frame seen yet" });
     p.frameAck.textContent = `sending ${label}…`;
     const ack = await post(`/api/devices/${encodeURIComponent(device)}/frame`, JSON.stringify({ label, frame_id: frame }));
