@@ -118,10 +118,11 @@ pub fn poll<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<
 }
 
 /// POSTs `body` as JSON (ureq is built without its `json` feature).
-fn send_json(request: ureq::Request, body: &Value) -> Result<ureq::Response, ureq::Error> {
+fn send_json(request: ureq::Request, body: &Value) -> Result<ureq::Response, Box<ureq::Error>> {
     request
         .set("content-type", "application/json")
         .send_string(&body.to_string())
+        .map_err(Box::new)
 }
 
 /// A response body as JSON.
@@ -192,9 +193,9 @@ impl Browser {
         let request = ureq::request(method, &url);
         let result = match body {
             Some(body) => send_json(request, &body),
-            None => request.call(),
+            None => request.call().map_err(Box::new),
         };
-        match result {
+        match result.map_err(|e| *e) {
             Ok(response) => json_of(response)["value"].take(),
             Err(ureq::Error::Status(code, response)) => {
                 panic!(
