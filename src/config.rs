@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::mqtt::config::MqttConfig;
 use crate::source::SourceConfig;
+use crate::vision::engine::{Device, EngineKind, EngineOptions, Precision};
 use crate::vision::spec::ResizeMode;
 
 /// Where `glimpse run` looks when `--config` is not given.
@@ -65,6 +66,15 @@ pub struct ModelConfig {
     pub head: Option<PathBuf>,
     /// How many classes each prediction lists.
     pub top_k: usize,
+    /// `tract` (default) or `onnxruntime` (docs/deploy.md "onnxruntime").
+    pub engine: EngineKind,
+    /// `cpu` (default), `cuda` or `tensorrt` (the last two: onnxruntime only).
+    pub device: Device,
+    /// `fp32` (default) or `fp16` (TensorRT only).
+    pub precision: Precision,
+    /// libonnxruntime.so for engine = "onnxruntime"; default ORT_DYLIB_PATH, else the library
+    /// path.
+    pub onnxruntime_library: Option<PathBuf>,
 }
 
 impl Default for ModelConfig {
@@ -75,6 +85,10 @@ impl Default for ModelConfig {
             resize: ResizeMode::Stretch,
             head: None,
             top_k: 3,
+            engine: EngineKind::Tract,
+            device: Device::Cpu,
+            precision: Precision::Fp32,
+            onnxruntime_library: None,
         }
     }
 }
@@ -220,6 +234,18 @@ impl Config {
     }
 
     /// The resolved state directory.
+    /// The backbone engine `[model]` asks for; TensorRT caches its engines in the state
+    /// directory.
+    pub fn engine_options(&self) -> EngineOptions {
+        EngineOptions {
+            engine: self.model.engine,
+            device: self.model.device,
+            precision: self.model.precision,
+            onnxruntime_library: self.model.onnxruntime_library.clone(),
+            cache_dir: Some(self.state_dir().join("tensorrt")),
+        }
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         if let Some(dir) = &self.state_dir {
             return dir.clone();
@@ -428,6 +454,10 @@ fn validate(file: &Path, config: &Config) -> Result<(), ConfigError> {
     if config.model.top_k == 0 {
         return Err(key("model.top_k", "must be at least 1"));
     }
+    config
+        .engine_options()
+        .validate()
+        .map_err(|e| key(e.key, &e.message))?;
     if config.model.threads > MAX_MODEL_THREADS {
         return Err(key(
             "model.threads",

@@ -186,6 +186,7 @@ fn bench_training(samples: usize, dim: usize) -> anyhow::Result<(TrainResult, He
         classes: &classes,
     };
     let fingerprint = crate::vision::spec::Fingerprint {
+        engine: crate::vision::spec::DEFAULT_ENGINE.into(),
         model_sha256: "bench".into(),
         embedding_tensor: "synthetic".into(),
         dim,

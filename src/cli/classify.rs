@@ -10,7 +10,6 @@ use clap::Args;
 use serde::Serialize;
 
 use super::common::{ConfigError, ModelArgs};
-use crate::learn::head::Head;
 use crate::vision::embedder::Embedder;
 use crate::vision::labels::{softmax, top_k};
 use crate::vision::preprocess::DecodeLimits;
@@ -60,7 +59,7 @@ pub fn run(args: &ClassifyArgs) -> anyhow::Result<bool> {
     let backbone = args.model.load_backbone()?;
     let head = match &args.head {
         Some(path) => Some(
-            Head::load(path, Some(backbone.fingerprint()))
+            crate::learn::cross_engine::load_head_for(path, &backbone)
                 .map_err(|e| ConfigError(e.to_string()))?,
         ),
         None => None,

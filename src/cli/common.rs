@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::vision::backbone::{set_threads, Backbone, BackboneOptions};
+use crate::vision::engine::{Device, EngineKind, EngineOptions, Precision};
 use crate::vision::manifest::ModelManifest;
 use crate::vision::spec::ResizeMode;
 
@@ -69,6 +70,19 @@ pub struct ModelArgs {
     /// resizing the whole image (the default, as in the Keras transfer-learning tutorial).
     #[arg(long)]
     pub center_crop: bool,
+    /// Backbone engine (config: model.engine).
+    #[arg(long, value_enum, default_value_t = EngineKind::Tract)]
+    pub engine: EngineKind,
+    /// Where the engine runs the model (config: model.device); cuda/tensorrt need onnxruntime.
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    pub device: Device,
+    /// Backbone precision (config: model.precision); fp16 needs --device tensorrt.
+    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+    pub precision: Precision,
+    /// libonnxruntime.so to load (config: model.onnxruntime_library); default ORT_DYLIB_PATH,
+    /// else libonnxruntime.so on the library path.
+    #[arg(long)]
+    pub onnxruntime_library: Option<PathBuf>,
 }
 
 /// Resolves a thread-count request: 0 means one per available core, capped at 4 (a Jetson Nano
@@ -92,12 +106,28 @@ impl ModelArgs {
         }
     }
 
+    /// The engine the flags ask for. The TensorRT cache goes to the system's temporary
+    /// directory: the tools have no state directory.
+    pub fn engine_options(&self) -> EngineOptions {
+        EngineOptions {
+            engine: self.engine,
+            device: self.device,
+            precision: self.precision,
+            onnxruntime_library: self.onnxruntime_library.clone(),
+            cache_dir: Some(std::env::temp_dir().join("glimpse-tensorrt")),
+        }
+    }
+
     /// Loads the manifest and the backbone; any failure here is a configuration error.
     pub fn load_backbone(&self) -> anyhow::Result<Arc<Backbone>> {
         let manifest = ModelManifest::load(&self.model).map_err(|e| ConfigError(e.to_string()))?;
         let threads = resolve_threads(self.threads);
         set_threads(threads);
-        let backbone = Backbone::load(&manifest, &BackboneOptions { threads })
+        let options = BackboneOptions {
+            threads,
+            engine: self.engine_options(),
+        };
+        let backbone = Backbone::load(&manifest, &options)
             .map_err(|e| ConfigError(e.to_string()))
             .with_context(|| format!("loading model {}", self.model.display()))?;
         Ok(Arc::new(backbone))

@@ -24,7 +24,7 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::learn::head::{Head, HeadError};
+use crate::learn::head::HeadError;
 use crate::mqtt::link::MqttLink;
 use crate::mqtt::messages::learning::{Ack, AckStatus};
 use crate::store::Store;
@@ -61,7 +61,7 @@ pub enum DaemonError {
 /// Loads the head the daemon starts with. A missing file is normal (nothing taught yet); a
 /// corrupt or foreign one is logged and ignored so the device still publishes ImageNet classes.
 pub fn load_start_head(path: &std::path::Path, backbone: &Backbone) -> Option<LoadedHead> {
-    match Head::load(path, Some(backbone.fingerprint())) {
+    match crate::learn::cross_engine::load_head_for(path, backbone) {
         Ok(head) => {
             log::info!(
                 "head {}: {} classes ({})",
@@ -164,6 +164,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     // forgets retained configs) and on every head change (the label sensor's `options`).
     let mut connections = link.connections();
     let mut publisher = Publisher::new(&config, &manifest.name, link);
+    publisher.set_backbone(
+        backbone.fingerprint().engine.clone(),
+        backbone.provider().to_string(),
+    );
     if !head_errors.is_empty() {
         let ack = Ack::command(None, "restore_head", AckStatus::Rejected)
             .with_reason(head_errors.join("; "));

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::DaemonError;
 use crate::config::Config;
-use crate::vision::backbone::{set_threads, Backbone, BackboneOptions};
+use crate::vision::backbone::{set_threads, Backbone, BackboneError, BackboneOptions};
 use crate::vision::manifest::ModelManifest;
 
 /// What passed the checks, ready for the daemon to use.
@@ -34,8 +34,22 @@ pub fn preflight(config: &Config) -> Result<Checked, DaemonError> {
     set_threads(threads);
     // Loading checks the sha256 the manifest gives and that the file is a usable ONNX model: a
     // garbage or truncated file fails here, not after READY.
-    let backbone = Backbone::load(&manifest, &BackboneOptions { threads })
-        .map_err(|e| config_error(format!("model.manifest: {e}")))?;
+    let options = BackboneOptions {
+        threads,
+        engine: config.engine_options(),
+    };
+    // Engine errors (library, provider) name their own key; the rest are the model's.
+    let backbone = Backbone::load(&manifest, &options).map_err(|e| match e {
+        BackboneError::OnnxRuntime(_)
+        | BackboneError::Provider { .. }
+        | BackboneError::Combination(_) => config_error(e.to_string()),
+        e => config_error(format!("model.manifest: {e}")),
+    })?;
+    log::info!(
+        "backbone: engine {}, provider {}",
+        options.engine.id(),
+        backbone.provider()
+    );
     let topics = config
         .mqtt
         .topics()

@@ -39,9 +39,16 @@ pub struct Publisher {
     /// `mqtt.thumbnail_interval_ms`; `None` when thumbnails are off.
     thumbnail_every: Option<std::time::Duration>,
     last_thumbnail: Option<Instant>,
+    /// Backbone engine id and execution provider, for `stats`.
+    backbone: Option<(String, String)>,
 }
 
 impl Publisher {
+    /// Names the backbone's engine and execution provider in every `stats` message.
+    pub fn set_backbone(&mut self, engine: String, provider: String) {
+        self.backbone = Some((engine, provider));
+    }
+
     pub fn new(config: &Config, model_name: &str, link: MqttLink) -> Self {
         let now = Instant::now();
         Self {
@@ -65,6 +72,7 @@ impl Publisher {
             thumbnail_every: (config.mqtt.thumbnail_interval_ms > 0)
                 .then(|| std::time::Duration::from_millis(config.mqtt.thumbnail_interval_ms)),
             last_thumbnail: None,
+            backbone: None,
         }
     }
 
@@ -209,6 +217,8 @@ impl Publisher {
             incoming_busy: intake.busy,
             head_version: self.head_version,
             state_free_bytes: crate::fsutil::free_bytes(&self.state_dir).ok(),
+            backbone_engine: self.backbone.as_ref().map(|b| b.0.clone()),
+            backbone_provider: self.backbone.as_ref().map(|b| b.1.clone()),
         };
         if let Err(err) = self.link.publish_json(Outgoing::Stats, &message) {
             log::warn!("stats: {err}");

@@ -124,6 +124,7 @@ mod tests {
 
     fn fp(tensor: &str) -> Fingerprint {
         Fingerprint {
+            engine: crate::vision::spec::DEFAULT_ENGINE.into(),
             model_sha256: "ab".repeat(32),
             embedding_tensor: tensor.into(),
             dim: 3,

@@ -50,6 +50,16 @@ pub enum HeadError {
         trained: Box<Fingerprint>,
         current: Box<Fingerprint>,
     },
+    #[error(
+        "head {file} was trained with engine {trained} and this backbone runs {current}: {reason}; \
+         retrain it with this engine (glimpse train --engine ...), or set model.engine/device/precision back to {trained}"
+    )]
+    EngineDisagrees {
+        file: String,
+        trained: String,
+        current: String,
+        reason: String,
+    },
     #[error("embedding has {found} values, the head expects {expected}")]
     DimMismatch { expected: usize, found: usize },
     #[error("embedding has a non-finite value (NaN or infinite) at index {0}")]
@@ -307,6 +317,14 @@ impl Head {
             source,
         })?;
         parse(&bytes, &file, expected)
+    }
+
+    /// Re-labels the head as belonging to `fingerprint`, once the cross-engine check
+    /// (`learn::cross_engine`) found the two engines' embeddings interchangeable. Only for the
+    /// same model, tensor and size.
+    pub(crate) fn rebind(&mut self, fingerprint: Fingerprint) {
+        debug_assert!(self.fingerprint.same_model(&fingerprint));
+        self.fingerprint = fingerprint;
     }
 
     /// Parameter tensors in blob order.

@@ -168,6 +168,7 @@ mod tests {
         let labels: Vec<usize> = (0..classes.len()).flat_map(|c| [c; 40]).collect();
         let names: Vec<String> = classes.iter().map(|s| s.to_string()).collect();
         let fingerprint = Fingerprint {
+            engine: crate::vision::spec::DEFAULT_ENGINE.into(),
             model_sha256: "ab".repeat(32),
             embedding_tensor: "features".into(),
             dim: DIM,

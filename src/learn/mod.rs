@@ -2,6 +2,7 @@
 //! cache, the trainer (split, L2, class balancing, early stopping), metrics and the head file.
 
 pub mod cache; // embeddings cached on disk, keyed by image content + backbone fingerprint
+pub mod cross_engine; // a head trained on another engine: accepted after the agreement check, or refused
 pub mod dataset; // class-per-folder scan and the stratified split
 pub mod gate;
 pub mod group_head; // fleet heads on the wire (size, checksum) and the adoption rule // the acceptance gate: does a new head replace the active one

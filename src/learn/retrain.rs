@@ -258,6 +258,7 @@ mod tests {
 
     fn fingerprint() -> Fingerprint {
         Fingerprint {
+            engine: crate::vision::spec::DEFAULT_ENGINE.into(),
             model_sha256: "ab".repeat(32),
             embedding_tensor: "features".into(),
             dim: DIM,

@@ -1,27 +1,29 @@
-//! The frozen backbone: an ONNX classifier network run with tract, read at two tensors: the
-//! embedding (what the trainable head sees) and, when the model has them, the logits (for the
-//! "first look" ImageNet classes).
+//! The frozen backbone: an ONNX classifier network read at two tensors: the embedding (what the
+//! trainable head sees) and, when the model has them, the logits (for the "first look" ImageNet
+//! classes).
 //!
-//! As tract's own examples do, the model is loaded, its input fact fixed to batch 1, optimized
-//! and turned into a runnable plan ONCE; `run` then only feeds tensors. The plan is immutable
-//! and `Send + Sync`, so one `Backbone` can serve several worker threads.
+//! Two engines run it behind one seam (`EngineRun`): tract (the default, pure Rust) and
+//! onnxruntime (CPU, CUDA, TensorRT; loaded at run time). What is engine-independent (the file's
+//! hash, which tensors to read, the labels, the output shape checks) happens here once, so
+//! everything above `Backbone` does not know which engine it has.
 
+mod agreement;
 mod auto_embedding;
+mod ort_engine;
+mod tract_engine;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use tract_onnx::pb;
-use tract_onnx::prelude::{
-    tvec, DatumType, Framework, InferenceFact, InferenceModelExt, IntoTValue, OutletId, RunOptions,
-    Tensor, TypedSimplePlan,
-};
-use tract_onnx::tract_hir::infer::InferenceModel;
+use tract_onnx::prelude::Framework;
 
+pub use agreement::{check_agreement, AGREEMENT_TOLERANCE};
 pub use auto_embedding::{find_embedding_tensor, AutoEmbeddingError, GraphNode};
+pub use ort_engine::MIN_ONNXRUNTIME;
 
+use super::engine::{EngineKind, EngineOptions};
 use super::labels::{Labels, LabelsError};
 use super::manifest::{EmbeddingTensor, ModelManifest};
 use super::spec::{Fingerprint, InputSpec, Layout};
@@ -35,6 +37,8 @@ pub struct BackboneOptions {
     /// Threads for tract's matrix products (the `multithread-mm` executor); 0 or 1 = the calling
     /// thread only. Only this model's plan uses them, whatever `set_threads` says.
     pub threads: usize,
+    /// Which engine, device and precision (default: tract on the CPU in fp32).
+    pub engine: EngineOptions,
 }
 
 /// Sets tract's process-wide default executor: `n` threads for matrix products (0 or 1 = single
@@ -142,17 +146,43 @@ pub enum BackboneError {
     InputLen { expected: usize, got: usize },
     #[error("inference failed: {0}")]
     Run(String),
+    #[error("{0}")]
+    Combination(#[from] super::engine::ComboError),
+    /// The library is missing, too old or would not start; the message says what to install.
+    #[error("model.engine = \"onnxruntime\": {0}")]
+    OnnxRuntime(String),
+    #[error(
+        "model.device = \"{device}\": onnxruntime could not use this execution provider ({message}); \
+         install an onnxruntime build with it and its GPU libraries (docs/deploy.md), or set model.device = \"cpu\""
+    )]
+    Provider { device: String, message: String },
+}
+
+/// One engine's side of the seam: run one batch-1 input, return the selected outputs in order
+/// (embedding, then logits when chosen), each flattened in logical order.
+trait EngineRun: Send + Sync + std::fmt::Debug {
+    fn run(&self, input: &[f32]) -> Result<Vec<Vec<f32>>, BackboneError>;
+}
+
+/// Output shapes an engine reports for the embedding and logits (None when not concrete).
+struct OutputShapes {
+    embedding: Option<Vec<usize>>,
+    logits: Option<Vec<usize>>,
 }
 
 /// A loaded, optimized backbone, ready to run.
 #[derive(Debug)]
 pub struct Backbone {
-    plan: Arc<TypedSimplePlan>,
+    engine: Box<dyn EngineRun>,
+    /// The execution provider in use (`tract` for tract), for the log and `stats`.
+    provider: String,
     input_spec: InputSpec,
-    input_shape: [usize; 4],
     fingerprint: Fingerprint,
     labels: Option<Labels>,
     has_logits: bool,
+    /// Kept for the cross-engine check, which loads the same model with another engine.
+    manifest: ModelManifest,
+    options: BackboneOptions,
 }
 
 /// The tensors the manifest asks for, resolved against the graph.
@@ -182,16 +212,12 @@ impl Backbone {
                 });
             }
         }
+        opts.engine.validate()?;
         let onnx_error = |e: tract_onnx::prelude::TractError| BackboneError::Onnx {
             path: path.clone(),
             message: format!("{e:#}").replace('\n', " "),
         };
-        // Declared output shapes and value_info carry a symbolic batch `N` that conflicts with
-        // the batch-1 input fact; tract infers every shape from the input anyway.
-        let onnx = tract_onnx::onnx()
-            .with_ignore_output_shapes(true)
-            .with_ignore_value_info(true);
-        let proto = onnx
+        let proto = tract_onnx::onnx()
             .proto_model_for_read(&mut bytes.as_slice())
             .map_err(onnx_error)?;
         let graph = proto.graph.as_ref().ok_or_else(|| BackboneError::Onnx {
@@ -200,36 +226,33 @@ impl Backbone {
         })?;
         let chosen = choose_tensors(manifest, &path, graph)?;
 
-        let model_dir = path.parent().and_then(Path::to_str);
-        let parsed = onnx.parse(&proto, model_dir).map_err(onnx_error)?;
-        if !parsed.unresolved_inputs.is_empty() {
-            return Err(BackboneError::Onnx {
-                path,
-                message: format!("unresolved inputs: {}", parsed.unresolved_inputs.join(", ")),
-            });
-        }
-        let mut model = parsed.model;
-        let outlet = |name: &str| parsed.outlets_by_name.get(name).copied();
-        // choose_tensors checked that these are node outputs, which the parser always registers.
-        let embedding_outlet =
-            outlet(&chosen.embedding).ok_or_else(|| missing(&path, &chosen.embedding))?;
-        let mut outputs = vec![embedding_outlet];
-        if let Some(logits) = &chosen.logits {
-            outputs.push(outlet(logits).ok_or_else(|| missing(&path, logits))?);
-        }
-
         let input_spec = manifest.input_spec();
         let (w, h) = (input_spec.width as usize, input_spec.height as usize);
         let input_shape = match input_spec.layout {
             Layout::Nchw => [1, 3, h, w],
             Layout::Nhwc => [1, h, w, 3],
         };
-        fix_input(&mut model, &chosen.input, input_shape).map_err(onnx_error)?;
-        model.select_output_outlets(&outputs).map_err(onnx_error)?;
-        let typed = model.into_optimized().map_err(onnx_error)?;
+        let (engine, shapes, provider): (Box<dyn EngineRun>, OutputShapes, String) =
+            match opts.engine.engine {
+                EngineKind::Tract => {
+                    let (engine, shapes) =
+                        tract_engine::load(&proto, &path, &chosen, input_shape, opts.threads)?;
+                    (Box::new(engine), shapes, "tract".into())
+                }
+                EngineKind::Onnxruntime => {
+                    let (engine, shapes, provider) =
+                        ort_engine::load(&proto, &path, &chosen, input_shape, opts)?;
+                    (Box::new(engine), shapes, provider)
+                }
+            };
+        log::info!(
+            "{}: backbone engine {} (provider {provider})",
+            manifest.name,
+            opts.engine.id()
+        );
 
         let model_name = file_name(&path);
-        let embedding_shape = concrete_shape(&typed, 0);
+        let embedding_shape = shapes.embedding;
         let dim =
             embedding_dim_of(&embedding_shape).ok_or_else(|| BackboneError::BadOutputShape {
                 tensor: chosen.embedding.clone(),
@@ -239,7 +262,7 @@ impl Backbone {
             })?;
         let mut logits_dim = None;
         if let Some(logits) = &chosen.logits {
-            let shape = concrete_shape(&typed, 1);
+            let shape = shapes.logits.clone();
             logits_dim = Some(match shape.as_deref() {
                 Some([1, n]) => *n,
                 _ => {
@@ -254,35 +277,32 @@ impl Backbone {
         }
         let labels = load_labels(manifest, logits_dim)?;
 
-        let plan = if opts.threads > 1 {
-            use tract_linalg::multithread::Executor;
-            let options = RunOptions {
-                executor: Some(Executor::multithread(opts.threads)),
-                ..RunOptions::default()
-            };
-            typed.into_runnable_with_options(&options)
-        } else {
-            tract_onnx::prelude::IntoRunnable::into_runnable(typed)
-        }
-        .map_err(onnx_error)?;
-
         Ok(Self {
-            plan,
+            engine,
+            provider,
             input_spec,
-            input_shape,
             fingerprint: Fingerprint {
                 model_sha256,
                 embedding_tensor: chosen.embedding,
                 dim,
+                engine: opts.engine.id(),
             },
             labels,
             has_logits: chosen.logits.is_some(),
+            manifest: manifest.clone(),
+            options: opts.clone(),
         })
     }
 
     /// The input the model wants (size, layout, normalization).
     pub fn input_spec(&self) -> &InputSpec {
         &self.input_spec
+    }
+
+    /// The execution provider running the model: `tract`, or onnxruntime's
+    /// (`CPUExecutionProvider`, `CUDAExecutionProvider`, `TensorrtExecutionProvider`).
+    pub fn provider(&self) -> &str {
+        &self.provider
     }
 
     /// Which model file and tensor the embeddings come from.
@@ -315,23 +335,16 @@ impl Backbone {
                 got: input.len(),
             });
         }
-        let run_error = |e: tract_onnx::prelude::TractError| BackboneError::Run(format!("{e:#}"));
-        let tensor = Tensor::from_shape(&self.input_shape, input).map_err(run_error)?;
-        let outputs = self
-            .plan
-            .run(tvec!(tensor.into_tvalue()))
-            .map_err(run_error)?;
-        let read = |ix: usize| -> Result<Vec<f32>, BackboneError> {
-            let value = outputs
-                .get(ix)
-                .ok_or_else(|| BackboneError::Run(format!("output {ix} missing")))?;
-            // Logical order, whatever the storage layout tract chose.
-            let view = value.to_plain_array_view::<f32>().map_err(run_error)?;
-            Ok(view.iter().copied().collect())
-        };
-        let embedding = read(0)?;
+        let mut outputs = self.engine.run(input)?.into_iter();
+        let embedding = outputs
+            .next()
+            .ok_or_else(|| BackboneError::Run("embedding output missing".into()))?;
         let logits = if self.has_logits {
-            Some(read(1)?)
+            Some(
+                outputs
+                    .next()
+                    .ok_or_else(|| BackboneError::Run("logits output missing".into()))?,
+            )
         } else {
             None
         };
@@ -368,13 +381,6 @@ fn file_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.display().to_string())
-}
-
-fn missing(path: &Path, tensor: &str) -> BackboneError {
-    BackboneError::Onnx {
-        path: path.to_path_buf(),
-        message: format!("tract did not register tensor `{tensor}`"),
-    }
 }
 
 /// Resolves input, embedding and logits names against the ONNX graph, so a typo in the manifest
@@ -490,32 +496,6 @@ fn graph_node(node: &pb::NodeProto) -> GraphNode {
         outputs: node.output.clone(),
         kernel_1x1,
     }
-}
-
-/// Makes `name` the model's only free input, with a concrete batch-1 f32 shape.
-fn fix_input(
-    model: &mut InferenceModel,
-    name: &str,
-    shape: [usize; 4],
-) -> tract_onnx::prelude::TractResult<()> {
-    let outlets: Vec<OutletId> = model.input_outlets()?.to_vec();
-    let index = outlets
-        .iter()
-        .position(|o| model.node(o.node).name == name)
-        .ok_or_else(|| {
-            tract_onnx::prelude::tract_data::internal::format_err!(
-                "input `{name}` not among tract's inputs"
-            )
-        })?;
-    model.set_input_fact(index, InferenceFact::dt_shape(DatumType::F32, shape))?;
-    Ok(())
-}
-
-fn concrete_shape(model: &tract_onnx::prelude::TypedModel, output: usize) -> Option<Vec<usize>> {
-    model
-        .output_fact(output)
-        .ok()
-        .and_then(|f| f.shape.as_concrete().map(<[usize]>::to_vec))
 }
 
 /// An embedding is a pooled vector: batch 1 and one feature axis, any other axes of size 1.

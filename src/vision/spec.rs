@@ -57,11 +57,41 @@ pub struct Fingerprint {
     pub embedding_tensor: String,
     /// Length of the embedding vector.
     pub dim: usize,
+    /// `engine/device/precision` that computed the embeddings (see `vision::engine`). Absent
+    /// in files written before there was a choice, which all came from tract on the CPU; not
+    /// written for that default, so those files and their sample keys stay as they were.
+    #[serde(default = "default_engine", skip_serializing_if = "is_default_engine")]
+    pub engine: String,
+}
+
+/// The engine every fingerprint without an `engine` field came from.
+pub const DEFAULT_ENGINE: &str = "tract/cpu/fp32";
+
+fn default_engine() -> String {
+    DEFAULT_ENGINE.to_string()
+}
+
+fn is_default_engine(engine: &str) -> bool {
+    engine == DEFAULT_ENGINE
+}
+
+impl Fingerprint {
+    /// Same model file, tensor and size: the embeddings differ at most by the engine's
+    /// arithmetic (what the cross-engine check measures).
+    pub fn same_model(&self, other: &Fingerprint) -> bool {
+        self.model_sha256 == other.model_sha256
+            && self.embedding_tensor == other.embedding_tensor
+            && self.dim == other.dim
+    }
 }
 
 impl std::fmt::Display for Fingerprint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let short = self.model_sha256.get(..12).unwrap_or(&self.model_sha256);
-        write!(f, "{short}:{}[{}]", self.embedding_tensor, self.dim)
+        write!(f, "{short}:{}[{}]", self.embedding_tensor, self.dim)?;
+        if !is_default_engine(&self.engine) {
+            write!(f, "@{}", self.engine)?;
+        }
+        Ok(())
     }
 }

@@ -7,6 +7,7 @@ use crate::vision::spec::Fingerprint;
 
 fn fingerprint(dim: usize) -> Fingerprint {
     Fingerprint {
+        engine: crate::vision::spec::DEFAULT_ENGINE.into(),
         model_sha256: "ab".repeat(32),
         embedding_tensor: "features".into(),
         dim,

@@ -36,6 +36,7 @@ pub(crate) fn blobs(
 
 pub(crate) fn fingerprint(dim: usize) -> Fingerprint {
     Fingerprint {
+        engine: crate::vision::spec::DEFAULT_ENGINE.into(),
         model_sha256: "ab".repeat(32),
         embedding_tensor: "features".into(),
         dim,

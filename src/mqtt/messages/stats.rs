@@ -50,6 +50,12 @@ pub struct Stats {
     /// Bytes free for the daemon on the state directory's filesystem (samples, heads, exports).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub state_free_bytes: Option<u64>,
+    /// The backbone's `engine/device/precision`, e.g. `onnxruntime/cuda/fp32`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub backbone_engine: Option<String>,
+    /// The execution provider actually running it (`tract`, `CUDAExecutionProvider`, ...).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub backbone_provider: Option<String>,
 }
 
 #[cfg(test)]
@@ -91,6 +97,8 @@ mod tests {
             incoming_busy: 1,
             head_version: None,
             state_free_bytes: None,
+            backbone_engine: Some("onnxruntime/cpu/fp32".into()),
+            backbone_provider: Some("CPUExecutionProvider".into()),
         };
         let value = serde_json::to_value(&s).unwrap();
         assert_eq!(
@@ -104,7 +112,9 @@ mod tests {
                 },
                 "rss_bytes": 120_000_000, "uptime_s": 3600,
                 "broker_reconnects": 1, "mqtt_dropped": 0, "incoming_dropped": 3,
-                "incoming_too_large": 1, "incoming_retained": 1, "incoming_busy": 1
+                "incoming_too_large": 1, "incoming_retained": 1, "incoming_busy": 1,
+                "backbone_engine": "onnxruntime/cpu/fp32",
+                "backbone_provider": "CPUExecutionProvider"
             })
         );
         assert_eq!(serde_json::from_value::<Stats>(value).unwrap(), s);

@@ -18,6 +18,7 @@ const DIM: usize = 16;
 
 fn fingerprint() -> Fingerprint {
     Fingerprint {
+        engine: crate::vision::spec::DEFAULT_ENGINE.into(),
         model_sha256: "cd".repeat(32),
         embedding_tensor: "features".into(),
         dim: DIM,
