@@ -6,11 +6,15 @@ Usage (from the repository root, after `cargo build --release`):
     python3 bench/ort_compare.py [--glimpse target/release/glimpse] [--runs 30]
 
 Runs onnxruntime (CPU, float32, batch 1) with 1 and 2 intra-op threads, then `glimpse bench
---json` with the same thread counts, and prints the medians and the tract / onnxruntime ratio.
+--json` with the same thread counts on tract and on glimpse's onnxruntime engine (the very
+library this Python onnxruntime loads), and prints the medians and the ratios to Python's
+figure: tract's, and the wrapper's (which should be ~1.0: the Rust side adds nothing).
 Both run back to back so the ratio is meaningful on a noisy shared machine; absolute numbers are not.
 """
 import argparse
+import glob
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -45,16 +49,28 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=30)
     args = ap.parse_args()
     ort_ms = {t: ort_median_ms(t, args.runs) for t in (1, 2)}
-    out = subprocess.run(
-        [args.glimpse, "bench", "--json", "--model", MANIFEST, "--runs", str(args.runs),
-         "--thread-counts", "1,2", "--train-samples", "300"],
-        check=True, capture_output=True, text=True).stdout
-    report = json.loads(out)
-    print(f"{'threads':>7} {'onnxruntime ms':>15} {'glimpse/tract ms':>17} {'ratio':>6}")
-    for r in report["results"]:
-        t = r["threads"]
-        tract_ms = r["backbone"]["median_ms"]
-        print(f"{t:>7} {ort_ms[t]:>15.2f} {tract_ms:>17.2f} {tract_ms / ort_ms[t]:>6.2f}")
+    lib = sorted(glob.glob(os.path.join(os.path.dirname(ort.__file__), "capi", "libonnxruntime.so.*")))
+    if not lib:
+        sys.exit("no libonnxruntime.so.* in the onnxruntime wheel")
+
+    def glimpse_ms(extra):
+        ms = {}
+        for t in (1, 2):
+            out = subprocess.run(
+                [args.glimpse, "bench", "--json", "--model", MANIFEST, "--runs", str(args.runs),
+                 "--threads", str(t), "--thread-counts", str(t), "--train-samples", "300", *extra],
+                check=True, capture_output=True, text=True).stdout
+            ms[t] = json.loads(out)["results"][0]["backbone"]["median_ms"]
+        return ms
+
+    tract_ms = glimpse_ms([])
+    wrapped_ms = glimpse_ms(["--engine", "onnxruntime", "--onnxruntime-library", lib[0]])
+    print(f"onnxruntime {ort.__version__}")
+    print(f"{'threads':>7} {'python ort ms':>14} {'glimpse ort ms':>15} {'wrapper':>8} "
+          f"{'glimpse tract ms':>17} {'tract':>6}")
+    for t in (1, 2):
+        print(f"{t:>7} {ort_ms[t]:>14.2f} {wrapped_ms[t]:>15.2f} {wrapped_ms[t] / ort_ms[t]:>7.2f}x "
+              f"{tract_ms[t]:>17.2f} {tract_ms[t] / ort_ms[t]:>5.2f}x")
     return 0
 
 

@@ -4,8 +4,10 @@
 //! embeddings. Quote medians; compare ratios within one run (shared machines are noisy).
 //! `--pipeline` measures the daemon's whole frame pipeline instead (see `pipeline.rs`), and
 //! `--learning` what teaching costs: ingest, retraining, frames during training (`learning.rs`),
-//! and `--flood` the daemon's MQTT edge under a flood of max-size samples (`flood.rs`).
+//! `--flood` the daemon's MQTT edge under a flood of max-size samples (`flood.rs`), and
+//! `--engines` the backbone on tract and onnxruntime side by side (`engines.rs`).
 
+mod engines;
 mod flood;
 mod learning;
 mod pipeline;
@@ -46,6 +48,10 @@ pub struct BenchArgs {
     /// converge ~10x faster than real ones; --learning measures training on real photos).
     #[arg(long, default_value_t = 3000)]
     pub train_samples: usize,
+    /// Compare engines side by side (e.g. `tract,onnxruntime`): backbone median and p95 at 1,
+    /// 2 and all threads, with --device/--precision/--onnxruntime-library for onnxruntime.
+    #[arg(long, value_enum, value_delimiter = ',', conflicts_with_all = ["pipeline", "learning", "flood"])]
+    pub engines: Vec<crate::vision::engine::EngineKind>,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
@@ -221,6 +227,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     if args.flood {
         return flood::run(args);
+    }
+    if !args.engines.is_empty() {
+        return engines::run(args, &args.engines);
     }
     let backbone = args.model.load_backbone()?;
     let (bytes, image_name) = match &args.image {
