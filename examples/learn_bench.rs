@@ -21,7 +21,13 @@ fn main() -> anyhow::Result<()> {
         env!("CARGO_MANIFEST_DIR"),
         "/models/mobilenet_v2_1.0_224.toml"
     )))?;
-    let backbone = Arc::new(Backbone::load(&manifest, &BackboneOptions { threads: 1 })?);
+    let backbone = Arc::new(Backbone::load(
+        &manifest,
+        &BackboneOptions {
+            threads: 1,
+            ..Default::default()
+        },
+    )?);
     let mut embedder = Embedder::new(
         backbone.clone(),
         ResizeMode::Stretch,

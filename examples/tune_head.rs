@@ -72,6 +72,7 @@ fn main() -> Result<(), String> {
         model_sha256: "0".repeat(64),
         embedding_tensor: "features".into(),
         dim,
+        engine: glimpse::vision::spec::DEFAULT_ENGINE.into(),
     };
     let sets = [load(dir, "rps")?, load(dir, "sign_digits")?];
 

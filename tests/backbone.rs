@@ -185,7 +185,14 @@ fn threads_give_the_same_outputs() {
     let input = reference("grace_hopper", "input");
     let single = reference_backbone().run(&input).unwrap();
     let manifest = manifest("mobilenet_v2_1.0_224.toml");
-    let own_pool = Backbone::load(&manifest, &BackboneOptions { threads: 2 }).unwrap();
+    let own_pool = Backbone::load(
+        &manifest,
+        &BackboneOptions {
+            threads: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let pooled = own_pool.run(&input).unwrap();
     set_threads(2);
     let global = reference_backbone().run(&input);

@@ -33,7 +33,14 @@ fn sign_digits() -> &'static Embedded {
     CELL.get_or_init(|| {
         let manifest = ModelManifest::load(&repo("models/mobilenet_v2_1.0_224.toml")).unwrap();
         let backbone = std::sync::Arc::new(
-            Backbone::load(&manifest, &BackboneOptions { threads: 2 }).unwrap(),
+            Backbone::load(
+                &manifest,
+                &BackboneOptions {
+                    threads: 2,
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
         );
         let fingerprint = backbone.fingerprint().clone();
         let mut embedder = Embedder::new(backbone, ResizeMode::Stretch, DecodeLimits::default());

@@ -166,8 +166,11 @@ pub(super) fn load(
     ))
 }
 
+/// One output: its shape and values.
+type Output = (Vec<usize>, Vec<f32>);
+
 impl OrtEngine {
-    fn run_inner(&self, input: &[f32]) -> Result<Vec<(Vec<usize>, Vec<f32>)>, BackboneError> {
+    fn run_inner(&self, input: &[f32]) -> Result<Vec<Output>, BackboneError> {
         let run_error = |e: ort::Error| BackboneError::Run(format!("onnxruntime: {e}"));
         let tensor = TensorRef::from_array_view((self.input_shape, input)).map_err(run_error)?;
         let mut session = self
