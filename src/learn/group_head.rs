@@ -191,6 +191,7 @@ mod tests {
             model_sha256: "cd".repeat(32),
             embedding_tensor: "features".into(),
             dim: 8,
+            engine: crate::vision::spec::DEFAULT_ENGINE.into(),
         };
         let cfg = RetrainConfig {
             train: TrainConfig::default(),
