@@ -310,6 +310,41 @@ fn the_relay_hands_back_acks_and_refuses_hostile_requests_clearly() {
         e == "device" && d["report"]["classes"] == json!(["paper", "rock"])
     });
 
+    // Roll back with no older version: the device's refusal comes back as its ack. Forget a
+    // label: its samples go, and with one label left no head stays active.
+    let (code, ack) = post(
+        &base,
+        &format!("/api/devices/{DEVICE}/command/rollback"),
+        b"",
+    );
+    assert_eq!(
+        (code, ack["status"].as_str()),
+        (200, Some("rejected")),
+        "{ack}"
+    );
+    assert!(
+        ack["reason"].as_str().is_some_and(|r| !r.is_empty()),
+        "{ack}"
+    );
+    let (code, ack) = post(
+        &base,
+        &format!("/api/devices/{DEVICE}/command/forget"),
+        br#"{"label": "paper"}"#,
+    );
+    assert_eq!(
+        (code, ack["status"].as_str()),
+        (200, Some("accepted")),
+        "{ack}"
+    );
+    assert_eq!(
+        (ack["deleted"].as_u64(), ack["head_version"].as_u64()),
+        (Some(3), None),
+        "{ack}"
+    );
+    next_event(&events, "samples per label after the forget", |e, d| {
+        e == "device" && d["labels"] == json!({"rock": 4})
+    });
+
     // The broker password never reaches the studio's output.
     let log = studio.log();
     assert!(!log.contains("hunter2-studio"), "{log}");
