@@ -1,6 +1,7 @@
 //! Subcommand implementations; `src/main.rs` only parses arguments and maps errors to exit codes.
 
 pub mod bench; // glimpse bench: per-stage timings, throughput, peak RSS, training time
+pub mod broker; // --url, --prefix, --username, --password-env of the MQTT operator tools
 pub mod capture; // glimpse capture: frames from any source, classified, as JSON lines
 pub mod classify; // glimpse classify: ImageNet or trained-head top-k for image files
 pub mod common; // arguments shared by subcommands (model manifest, threads, resize mode)

@@ -28,7 +28,9 @@ use serde_json::{json, Value};
 use crate::learn::identity::{Label, SampleId};
 use crate::mqtt::messages::availability::Availability;
 use crate::mqtt::messages::learning::{Ack, AckStatus};
-use crate::mqtt::topics::{parse_outgoing, validate_level, validate_prefix, Outgoing, Topics};
+use crate::mqtt::topics::{parse_outgoing, validate_level, Outgoing, Topics};
+
+use super::broker::BrokerArgs;
 
 pub use tally::{Outcome, Tally};
 
@@ -39,13 +41,8 @@ const AVAILABILITY_GRACE: Duration = Duration::from_secs(3);
 /// Which device, on which broker.
 #[derive(Debug, Clone, Args)]
 pub struct DeviceArgs {
-    /// Broker URL: mqtt://host[:port] or mqtts://host[:port] (system CA bundle); default
-    /// mqtt://localhost:1883 (GLIMPSE_MQTT_URL, deprecated, is still read).
-    #[arg(long, env = "GLIMPSE_MQTT__URL")]
-    pub url: Option<String>,
-    /// Topic prefix the device uses.
-    #[arg(long, default_value = "glimpse")]
-    pub prefix: String,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
     /// The device id.
     #[arg(long, required_unless_present = "group", conflicts_with = "group")]
     pub device: Option<String>,
@@ -56,12 +53,6 @@ pub struct DeviceArgs {
     /// Seconds to wait for each ack.
     #[arg(long, default_value_t = 60)]
     pub timeout_s: u64,
-    /// Username for brokers that require authentication.
-    #[arg(long)]
-    pub username: Option<String>,
-    /// Name of an environment variable holding the password.
-    #[arg(long, requires = "username")]
-    pub password_env: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -207,8 +198,10 @@ impl Session {
     }
 
     fn open(args: &DeviceArgs, exports: bool) -> anyhow::Result<Session> {
-        validate_prefix(&args.prefix).context("--prefix")?;
-        let prefix = args.prefix.as_str();
+        let (url, options) = args
+            .broker
+            .connect_options("send", (256 * 1024, 64 * 1024 * 1024))?;
+        let prefix = args.broker.prefix.as_str();
         let (topics, group_name) = match (&args.device, &args.group) {
             (Some(device), None) => {
                 validate_level("device id", device).context("--device")?;
@@ -227,14 +220,6 @@ impl Session {
             }
             _ => bail!("give --device or --group"),
         };
-        let url = super::common::broker_url(args.url.as_deref());
-        let options = super::watch::operator_options(
-            &url,
-            "send",
-            args.username.as_deref(),
-            args.password_env.as_deref(),
-            (256 * 1024, 64 * 1024 * 1024),
-        )?;
         let (client, mut connection) = Client::new(options, 64);
         let (ack_tx, acks) = channel();
         let (export_tx, export_rx) = channel();

@@ -18,7 +18,9 @@ use serde_json::{json, Value};
 
 use crate::mqtt::config::{parse_broker_url, Scheme, SYSTEM_CA_BUNDLE};
 use crate::mqtt::messages::now_unix_ms;
-use crate::mqtt::topics::{parse_outgoing, validate_level, validate_prefix, Outgoing};
+use crate::mqtt::topics::{parse_outgoing, validate_level, Outgoing};
+
+use super::broker::BrokerArgs;
 
 /// Kinds `watch` subscribes to (thumbnails are binary and large: not shown).
 const WATCHED: [Outgoing; 6] = [
@@ -31,14 +33,10 @@ const WATCHED: [Outgoing; 6] = [
 ];
 
 #[derive(Debug, Clone, Args)]
+#[command(mut_arg("prefix", |a| a.help("Topic prefix the devices publish under")))]
 pub struct WatchArgs {
-    /// Broker URL: mqtt://host[:port] or mqtts://host[:port] (system CA bundle); default
-    /// mqtt://localhost:1883 (GLIMPSE_MQTT_URL, deprecated, is still read).
-    #[arg(long, env = "GLIMPSE_MQTT__URL")]
-    pub url: Option<String>,
-    /// Topic prefix the devices publish under.
-    #[arg(long, default_value = "glimpse")]
-    pub prefix: String,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
     /// Device id to watch, or + for every device under the prefix.
     #[arg(long, default_value = "+")]
     pub device: String,
@@ -56,12 +54,6 @@ pub struct WatchArgs {
     /// Exit after this many messages.
     #[arg(long)]
     pub count: Option<usize>,
-    /// Username for brokers that require authentication.
-    #[arg(long)]
-    pub username: Option<String>,
-    /// Name of an environment variable holding the password.
-    #[arg(long, requires = "username")]
-    pub password_env: Option<String>,
 }
 
 /// Formats one received message; `None` for a topic that is not a device output under `prefix`.
@@ -319,19 +311,14 @@ pub fn operator_options(
 
 /// Runs until `--count` messages were printed (forever without it).
 pub fn watch(args: &WatchArgs) -> anyhow::Result<()> {
-    validate_prefix(&args.prefix).context("--prefix")?;
+    // Training reports and stats can exceed rumqttc's 10 KiB default.
+    let (url, mut options) = args
+        .broker
+        .connect_options("watch", (16 * 1024 * 1024, 64 * 1024))?;
     if args.device != "+" {
         validate_level("device id", &args.device).context("--device")?;
     }
-    let url = super::common::broker_url(args.url.as_deref());
-    // Training reports and stats can exceed rumqttc's 10 KiB default.
-    let mut options = operator_options(
-        &url,
-        "watch",
-        args.username.as_deref(),
-        args.password_env.as_deref(),
-        (16 * 1024 * 1024, 64 * 1024),
-    )?;
+    let prefix = args.broker.prefix.as_str();
     if args.group.is_some() {
         // Tables are printed between events: pings make sure there are some in a quiet group.
         options.set_keep_alive(Duration::from_secs(5));
@@ -339,13 +326,13 @@ pub fn watch(args: &WatchArgs) -> anyhow::Result<()> {
     let mut fleet = match &args.group {
         Some(group) => {
             validate_level("group", group).context("--group")?;
-            Some(super::watch_group::FleetView::new(&args.prefix, group))
+            Some(super::watch_group::FleetView::new(prefix, group))
         }
         None => None,
     };
     let filters = match &fleet {
         Some(view) => view.filters(),
-        None => watch_filters(&args.prefix, &args.device),
+        None => watch_filters(prefix, &args.device),
     };
     let interval = Duration::from_secs(args.interval_s.max(1));
     let mut next_table = std::time::Instant::now() + interval;
@@ -383,8 +370,7 @@ pub fn watch(args: &WatchArgs) -> anyhow::Result<()> {
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                let line =
-                    format_message(&args.prefix, &p.topic, &p.payload, args.json, now_unix_ms());
+                let line = format_message(prefix, &p.topic, &p.payload, args.json, now_unix_ms());
                 if let Some(line) = line {
                     println!("{line}");
                     printed += 1;

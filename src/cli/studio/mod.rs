@@ -20,18 +20,18 @@ use rand::RngCore;
 
 pub use http::{CSRF_HEADER, DEFAULT_MAX_SAMPLE_BYTES};
 
+use crate::cli::broker::BrokerArgs;
 use crate::cli::common::ConfigError;
-use crate::mqtt::topics::validate_prefix;
 
 #[derive(Debug, Clone, Args)]
+#[command(mut_arg("url", |a| a.help(
+    "Broker URL: mqtt://host[:port] or mqtts://host[:port] (system CA bundle); default \
+     mqtt://localhost:1883"
+)))]
+#[command(mut_arg("prefix", |a| a.help("Topic prefix the devices publish under")))]
 pub struct StudioArgs {
-    /// Broker URL: mqtt://host[:port] or mqtts://host[:port] (system CA bundle); default
-    /// mqtt://localhost:1883.
-    #[arg(long, env = "GLIMPSE_MQTT__URL")]
-    pub url: Option<String>,
-    /// Topic prefix the devices publish under.
-    #[arg(long, default_value = "glimpse")]
-    pub prefix: String,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
     /// Address the page is served on. Anything but loopback needs an access token.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -41,12 +41,6 @@ pub struct StudioArgs {
     /// Seconds to wait for a device's ack to a sample or command.
     #[arg(long, default_value_t = 60)]
     pub timeout_s: u64,
-    /// Username for brokers that require authentication.
-    #[arg(long)]
-    pub username: Option<String>,
-    /// Name of an environment variable holding the password.
-    #[arg(long, requires = "username")]
-    pub password_env: Option<String>,
 }
 
 /// The access token: from `--token-file`, else generated when the address is not loopback,
@@ -80,18 +74,12 @@ fn access_token(args: &StudioArgs) -> anyhow::Result<Option<String>> {
 
 /// Runs the studio until interrupted.
 pub fn studio(args: &StudioArgs) -> anyhow::Result<()> {
-    validate_prefix(&args.prefix).context("--prefix")?;
-    let token = access_token(args)?;
-    let url = super::common::broker_url(args.url.as_deref());
     // Reports and thumbnails in (a few KB to a few hundred); photos out, up to a device's
     // sample limit (the daemon's packet limit is 8 MiB by default).
-    let options = super::watch::operator_options(
-        &url,
-        "studio",
-        args.username.as_deref(),
-        args.password_env.as_deref(),
-        (16 * 1024 * 1024, 64 * 1024 * 1024),
-    )?;
+    let (url, options) = args
+        .broker
+        .connect_options("studio", (16 * 1024 * 1024, 64 * 1024 * 1024))?;
+    let token = access_token(args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -104,7 +92,7 @@ pub fn studio(args: &StudioArgs) -> anyhow::Result<()> {
         let address = listener.local_addr().context("the listening address")?;
         let relay = relay::Relay::start(
             options,
-            &args.prefix,
+            &args.broker.prefix,
             url.clone(),
             Duration::from_secs(args.timeout_s.max(1)),
         );
@@ -115,7 +103,7 @@ pub fn studio(args: &StudioArgs) -> anyhow::Result<()> {
         // One line a script (and the tests) can read: where the page is.
         println!(
             "glimpse studio: {link} (broker {url}, prefix {})",
-            args.prefix
+            args.broker.prefix
         );
         if address.ip().is_unspecified() {
             println!(
