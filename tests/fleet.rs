@@ -9,14 +9,14 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::daemon::{Daemon, DaemonConfig, GLIMPSE};
 use common::{Mosquitto, Msg, Subscriber};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-const GLIMPSE: &str = env!("CARGO_BIN_EXE_glimpse");
 const GROUP: &str = "line-3";
 /// Per class: photos taught, then photos held back for predictions.
 const TAUGHT: usize = 20;
@@ -40,10 +40,7 @@ fn class_files(class: &str) -> Vec<PathBuf> {
 /// A running group member, killed on drop.
 struct Member {
     name: String,
-    state: PathBuf,
-    config: PathBuf,
-    child: Child,
-    log: PathBuf,
+    daemon: Daemon,
 }
 
 struct Setup<'a> {
@@ -56,73 +53,37 @@ struct Setup<'a> {
 
 impl Member {
     fn start(name: &str, source: &Path, looping: bool, setup: &Setup) -> Member {
-        let state = setup.root.join(format!("state-{name}"));
-        let config = setup
-            .root
-            .join(format!("{name}-{}.toml", common::free_port()));
-        let text = format!(
-            r#"state_dir = "{state}"
-[model]
-manifest = "{manifest}"
-threads = 1
-[source]
-uri = "dir:{source}"
-replay_fps = {fps}
-replay_loop = {looping}
-[mqtt]
-url = "{url}"
-device_id = "{name}"
-stats_interval_s = 60
-[learning]
-group = "{GROUP}"
-group_leader = {leader}
-retrain_after = 1000
-retrain_quiet_ms = 3000
-[log]
-level = "info"
-"#,
-            state = state.display(),
-            manifest = repo().join("models").join(setup.manifest).display(),
-            source = source.display(),
-            fps = if looping { 1 } else { 3 },
-            url = setup.broker.url(),
-            leader = setup.leader,
-        );
-        std::fs::write(&config, text).expect("write config");
-        let mut member = Member {
-            name: name.to_string(),
-            state,
-            config,
-            child: Command::new("true").spawn().expect("placeholder"),
-            log: setup.root.join(format!("{name}.log")),
+        let config = DaemonConfig::new(setup.root, setup.broker, name)
+            .state_dir(&setup.root.join(format!("state-{name}")))
+            .model(setup.manifest)
+            .source_dir(source)
+            .set("source.replay_fps", if looping { 1 } else { 3 })
+            .set("source.replay_loop", looping)
+            .set("learning.group", GROUP)
+            .set("learning.group_leader", setup.leader)
+            .set("learning.retrain_after", 1000)
+            .set("learning.retrain_quiet_ms", 3000);
+        let config = match setup.fault {
+            Some(fault) => config.env("GLIMPSE_FAULT", fault),
+            None => config,
         };
-        member.spawn(setup.fault);
-        member
+        Member {
+            name: name.to_string(),
+            daemon: Daemon::start(config),
+        }
     }
 
+    /// Starts the (stopped) member again, with the fault injected or not.
     fn spawn(&mut self, fault: Option<&str>) {
-        let _ = self.child.wait();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("log");
-        let mut command = Command::new(GLIMPSE);
-        command
-            .args(["run", "--config"])
-            .arg(&self.config)
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("GLIMPSE_FAULT")
-            .stdout(Stdio::from(log.try_clone().expect("log")))
-            .stderr(Stdio::from(log));
-        if let Some(fault) = fault {
-            command.env("GLIMPSE_FAULT", fault);
-        }
-        self.child = command.spawn().expect("spawn glimpse run");
+        let config = self.daemon.config().clone();
+        self.daemon.restart(match fault {
+            Some(fault) => config.env("GLIMPSE_FAULT", fault),
+            None => config.env_remove("GLIMPSE_FAULT"),
+        });
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.daemon.log()
     }
 
     fn topic(&self, kind: &str) -> String {
@@ -130,25 +91,11 @@ level = "info"
     }
 
     fn stop(&mut self) {
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        self.wait_exit(Duration::from_secs(60));
+        self.daemon.stop();
     }
 
     fn wait_exit(&mut self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "{} did not exit within {timeout:?}:\n{}",
-            self.name,
-            self.log()
-        );
+        self.daemon.wait_exit(timeout);
     }
 
     /// The next `adopt_head` ack this member publishes.
@@ -164,7 +111,8 @@ level = "info"
 
     /// Row count of samples, and the active head's version, report and file bytes.
     fn store(&self) -> (usize, Option<(u64, Value, Vec<u8>)>) {
-        let conn = rusqlite::Connection::open(self.state.join("glimpse.db")).unwrap();
+        let state = self.daemon.config().state();
+        let conn = rusqlite::Connection::open(state.join("glimpse.db")).unwrap();
         let check: String = conn
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .unwrap();
@@ -186,17 +134,10 @@ level = "info"
             )
             .ok()
             .map(|(version, report, file)| {
-                let bytes = std::fs::read(self.state.join("heads").join(file)).unwrap();
+                let bytes = std::fs::read(state.join("heads").join(file)).unwrap();
                 (version, serde_json::from_str(&report).unwrap(), bytes)
             });
         (samples as usize, active)
-    }
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -274,30 +215,19 @@ fn accuracies(
     held: &Path,
     labels: &[String],
 ) -> Vec<f32> {
-    for member in members.iter_mut() {
-        let text = std::fs::read_to_string(&member.config).unwrap();
-        let text = text
-            .lines()
-            .map(|l| {
-                if l.starts_with("uri = ") {
-                    format!("uri = \"dir:{}\"", held.display())
-                } else if l.starts_with("replay_loop") {
-                    "replay_loop = false".to_string()
-                } else if l.starts_with("replay_fps") {
-                    "replay_fps = 3".to_string()
-                } else {
-                    l.to_string()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
-        std::fs::write(&member.config, text).unwrap();
-    }
     let filters: Vec<String> = members.iter().map(|m| m.topic("prediction")).collect();
     let refs: Vec<&str> = filters.iter().map(String::as_str).collect();
     let sub = Subscriber::connect(broker.port(), &refs);
     for member in members.iter_mut() {
-        member.spawn(None);
+        let config = member
+            .daemon
+            .config()
+            .clone()
+            .source_dir(held)
+            .set("source.replay_loop", false)
+            .set("source.replay_fps", 3)
+            .env_remove("GLIMPSE_FAULT");
+        member.daemon.restart(config);
     }
     for member in members.iter_mut() {
         member.wait_exit(Duration::from_secs(300));

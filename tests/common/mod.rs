@@ -9,6 +9,7 @@
 // Every test binary compiles this module but uses only part of it.
 #![allow(dead_code)]
 
+pub mod daemon; // glimpse run with a rendered config, killed on drop
 pub mod studio; // glimpse studio harness: daemon with thumbnails, studio process, WebDriver
 
 use std::fs::File;
