@@ -10,9 +10,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::daemon::{Daemon, DaemonConfig, GLIMPSE};
 use common::{Mosquitto, Subscriber};
 use image::codecs::jpeg::JpegEncoder;
 use image::codecs::png::PngEncoder;
@@ -20,7 +21,6 @@ use image::{ExtendedColorType, ImageEncoder, RgbImage};
 
 use glimpse::vision::preprocess::{decode_image, DecodeLimits};
 
-const GLIMPSE: &str = env!("CARGO_BIN_EXE_glimpse");
 const DEVICE: &str = "exif1";
 /// ImageNet index and name of the photo's reference top-1 (expected.tsv: p = 0.93 upright).
 const UNIFORM: (u64, &str) = (653, "military uniform");
@@ -211,64 +211,6 @@ fn classify_sees_every_orientation_upright() {
     }
 }
 
-/// A running `glimpse run`, killed on drop.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(dir: &Path, broker: &Mosquitto, source: &Path) -> Daemon {
-        let config = dir.join("glimpse.toml");
-        let text = format!(
-            r#"state_dir = "{state}"
-[model]
-manifest = "{manifest}"
-threads = 1
-[source]
-uri = "dir:{source}"
-replay_fps = 4
-replay_loop = true
-[mqtt]
-url = "{url}"
-device_id = "{DEVICE}"
-stats_interval_s = 60
-[learning]
-retrain_after = 0
-"#,
-            state = dir.join("state").display(),
-            manifest = repo().join("models/mobilenet_v2_1.0_224.toml").display(),
-            source = source.display(),
-            url = broker.url(),
-        );
-        std::fs::write(&config, text).unwrap();
-        let log = dir.join("daemon.log");
-        let child = Command::new(GLIMPSE)
-            .args(["run", "--config"])
-            .arg(&config)
-            .env_remove("NOTIFY_SOCKET")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
-            .stderr(Stdio::from(
-                std::fs::OpenOptions::new().append(true).open(&log).unwrap(),
-            ))
-            .spawn()
-            .expect("spawn glimpse run");
-        Daemon { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
     let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
@@ -287,7 +229,11 @@ fn daemon_replays_and_learns_every_orientation_upright() {
         broker.port(),
         &[&topic("prediction"), &topic("ack"), &topic("availability")],
     );
-    let daemon = Daemon::start(dir.path(), &broker, &source);
+    let daemon = Daemon::start(
+        DaemonConfig::new(dir.path(), &broker, DEVICE)
+            .source_dir(&source)
+            .set("source.replay_fps", 4),
+    );
 
     // dir: source: the eight files replayed (in name order, looping), each predicted as the
     // upright photo by the backbone's ImageNet classifier (no head is trained yet).
