@@ -12,80 +12,31 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
+use common::daemon::{Daemon, DaemonConfig, GLIMPSE};
 use common::{Mosquitto, Msg, Subscriber};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 const DEVICE: &str = "cam1";
-const GLIMPSE: &str = env!("CARGO_BIN_EXE_glimpse");
 /// Samples seeded for the export test, and the bytes of each one's thumbnail: 2,000 x 5 KiB of
 /// tar makes an archive over the default 8 MiB packet limit, so it cannot be one message.
 const SEEDED: usize = 2_000;
 const THUMB_BYTES: usize = 4_500;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn topic(kind: &str) -> String {
     format!("glimpse/{DEVICE}/{kind}")
 }
 
 /// A running `glimpse run` replaying one photo in a loop, killed on drop.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(dir: &Path, broker: &Mosquitto) -> Daemon {
-        let source = dir.join("idle");
-        std::fs::create_dir_all(&source).unwrap();
-        std::fs::write(source.join("000_x.jpg"), photo()).unwrap();
-        let config = dir.join("glimpse.toml");
-        let text = format!(
-            r#"state_dir = "{state}"
-[model]
-manifest = "{manifest}"
-threads = 1
-[source]
-uri = "dir:{source}"
-replay_fps = 2
-replay_loop = true
-[mqtt]
-url = "{url}"
-device_id = "{DEVICE}"
-stats_interval_s = 60
-[learning]
-retrain_after = 0
-[log]
-level = "info"
-"#,
-            state = dir.join("state").display(),
-            manifest = repo().join("models/mobilenet_v2_1.0_224.toml").display(),
-            source = source.display(),
-            url = broker.url(),
-        );
-        std::fs::write(&config, text).expect("write config");
-        let log = dir.join("daemon.log");
-        let child = common::spawn_run(GLIMPSE, &config, &log);
-        Daemon { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start_daemon(dir: &Path, broker: &Mosquitto) -> Daemon {
+    let source = dir.join("idle");
+    std::fs::create_dir_all(&source).unwrap();
+    std::fs::write(source.join("000_x.jpg"), photo()).unwrap();
+    Daemon::start(DaemonConfig::new(dir, broker, DEVICE).source_dir(&source))
 }
 
 fn photo() -> Vec<u8> {
@@ -214,7 +165,7 @@ fn export_of_2000_samples_streams_in_parts_and_extracts() {
     rows.push(("a\nb\tc".into(), emoji.clone()));
     rows.push(("plain".into(), "x/../y".into()));
     seed(&state, &rows);
-    let daemon = Daemon::start(dir.path(), &broker);
+    let daemon = start_daemon(dir.path(), &broker);
     let sub = Subscriber::connect(broker.port(), &[&topic("ack"), &topic("export")]);
     wait_ready(&sub, &daemon);
 
@@ -287,7 +238,7 @@ fn export_of_2000_samples_streams_in_parts_and_extracts() {
 fn labels_and_ids_at_the_edges_each_get_an_ack() {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(dir.path(), &broker);
+    let daemon = start_daemon(dir.path(), &broker);
     let sub = Subscriber::connect(broker.port(), &[&topic("ack")]);
     wait_ready(&sub, &daemon);
     let image = photo();
