@@ -9,21 +9,16 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Child;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::daemon::{Daemon, DaemonConfig};
 use common::{Mosquitto, Msg, Subscriber};
 use rumqttc::QoS;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 const DEVICE: &str = "cam1";
-const GLIMPSE: &str = env!("CARGO_BIN_EXE_glimpse");
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn topic(kind: &str) -> String {
     format!("glimpse/{DEVICE}/{kind}")
@@ -41,79 +36,35 @@ fn photos(class: &str, n: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// A running `glimpse run` replaying one photo in a loop (so it predicts), killed on drop.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
+/// The daemon of these tests: replaying one photo in a loop (so it predicts), stats every second,
+/// reconnecting within a second.
+fn config(dir: &Path, broker: &Mosquitto) -> DaemonConfig {
+    let source = dir.join("idle");
+    std::fs::create_dir_all(&source).unwrap();
+    std::fs::write(source.join("000_x.jpg"), &photos("rock", 1)[0]).unwrap();
+    DaemonConfig::new(dir, broker, DEVICE)
+        .source_dir(&source)
+        .set("mqtt.stats_interval_s", 1)
+        .set("mqtt.reconnect_backoff_max_s", 1)
 }
 
-impl Daemon {
-    fn start(dir: &Path, broker: &Mosquitto, mqtt_extra: &str, learning_extra: &str) -> Daemon {
-        let source = dir.join("idle");
-        std::fs::create_dir_all(&source).unwrap();
-        std::fs::write(source.join("000_x.jpg"), &photos("rock", 1)[0]).unwrap();
-        let config = dir.join("glimpse.toml");
-        let text = format!(
-            r#"state_dir = "{state}"
-[model]
-manifest = "{manifest}"
-threads = 1
-[source]
-uri = "dir:{source}"
-replay_fps = 2
-replay_loop = true
-[mqtt]
-url = "{url}"
-device_id = "{DEVICE}"
-stats_interval_s = 1
-reconnect_backoff_max_s = 1
-{mqtt_extra}
-[learning]
-retrain_after = 0
-{learning_extra}
-[log]
-level = "info"
-"#,
-            state = dir.join("state").display(),
-            manifest = repo().join("models/mobilenet_v2_1.0_224.toml").display(),
-            source = source.display(),
-            url = broker.url(),
-        );
-        std::fs::write(&config, text).expect("write config");
-        let log = dir.join("daemon.log");
-        let child = common::spawn_run(GLIMPSE, &config, &log);
-        Daemon { child, log }
+/// Samples per label in the store, read with SQLite directly.
+fn stored_samples(dir: &Path) -> BTreeMap<String, (u64, Vec<String>)> {
+    let db = rusqlite::Connection::open(dir.join("state/glimpse.db")).expect("open store");
+    let mut stmt = db
+        .prepare("SELECT label, content_hash FROM samples")
+        .expect("query");
+    let mut out: BTreeMap<String, (u64, Vec<String>)> = BTreeMap::new();
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .expect("rows");
+    for row in rows {
+        let (label, hash) = row.expect("row");
+        let entry = out.entry(label).or_default();
+        entry.0 += 1;
+        entry.1.push(hash);
     }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Samples per label in the store, read with SQLite directly.
-    fn stored(dir: &Path) -> BTreeMap<String, (u64, Vec<String>)> {
-        let db = rusqlite::Connection::open(dir.join("state/glimpse.db")).expect("open store");
-        let mut stmt = db
-            .prepare("SELECT label, content_hash FROM samples")
-            .expect("query");
-        let mut out: BTreeMap<String, (u64, Vec<String>)> = BTreeMap::new();
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-            .expect("rows");
-        for row in rows {
-            let (label, hash) = row.expect("row");
-            let entry = out.entry(label).or_default();
-            entry.0 += 1;
-            entry.1.push(hash);
-        }
-        out
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    out
 }
 
 fn json_of(msg: &Msg) -> Value {
@@ -184,10 +135,9 @@ fn oversized_messages_are_acked_too_large_and_the_device_stays_connected() {
     // Retained before the device starts: the broker sends it on every subscription.
     sub.publish_qos(&topic("sample/early"), big.clone(), QoS::AtMostOnce, true);
     let daemon = Daemon::start(
-        tmp.path(),
-        &broker,
-        &format!("max_packet_bytes = {limit}"),
-        &format!("max_sample_bytes = {}", limit / 2),
+        config(tmp.path(), &broker)
+            .set("mqtt.max_packet_bytes", limit as i64)
+            .set("learning.max_sample_bytes", (limit / 2) as i64),
     );
     wait_online(&sub, &daemon);
     let retained = ack(&sub, &daemon, "retained oversized sample", |a| {
@@ -259,7 +209,7 @@ fn a_retained_forget_is_never_run_from_its_stored_copy_across_a_broker_restart()
         broker.port(),
         &[&topic("availability"), &topic("ack"), &topic("stats")],
     );
-    let daemon = Daemon::start(tmp.path(), &broker, "", "");
+    let daemon = Daemon::start(config(tmp.path(), &broker));
     wait_online(&sub, &daemon);
     wait_subscribed(&sub, &daemon);
 
@@ -304,7 +254,7 @@ fn a_retained_forget_is_never_run_from_its_stored_copy_across_a_broker_restart()
             daemon.log()
         )
     });
-    let stored = Daemon::stored(tmp.path());
+    let stored = stored_samples(tmp.path());
     assert_eq!(
         stored.get("rock").map(|s| s.0),
         Some(3),
@@ -315,7 +265,7 @@ fn a_retained_forget_is_never_run_from_its_stored_copy_across_a_broker_restart()
     // A restarted device meets the stored copy again (the broker kept it): its ack says why.
     drop(daemon);
     sub.clear();
-    let daemon = Daemon::start(tmp.path(), &broker, "", "");
+    let daemon = Daemon::start(config(tmp.path(), &broker));
     let stored_copy = ack(&sub, &daemon, "retained forget", |a| a["id"] == "f1");
     assert_eq!(stored_copy["status"], "rejected", "{stored_copy}");
     assert!(
@@ -326,7 +276,7 @@ fn a_retained_forget_is_never_run_from_its_stored_copy_across_a_broker_restart()
         "{stored_copy}"
     );
     wait_subscribed(&sub, &daemon);
-    let stored = Daemon::stored(tmp.path());
+    let stored = stored_samples(tmp.path());
     assert_eq!(
         stored.get("rock").map(|s| s.0),
         Some(3),
@@ -340,7 +290,7 @@ fn a_burst_of_200_qos1_samples_from_4_clients_is_acked_in_full() {
     let broker = Mosquitto::start();
     let tmp = tempfile::tempdir().unwrap();
     let sub = Subscriber::connect(broker.port(), &[&topic("availability"), &topic("ack")]);
-    let daemon = Daemon::start(tmp.path(), &broker, "", "");
+    let daemon = Daemon::start(config(tmp.path(), &broker));
     wait_online(&sub, &daemon);
     wait_subscribed(&sub, &daemon);
 
@@ -414,7 +364,7 @@ fn a_burst_of_200_qos1_samples_from_4_clients_is_acked_in_full() {
         );
     }
     assert!(!accepted.is_empty(), "nothing accepted");
-    let stored: Vec<String> = Daemon::stored(tmp.path())
+    let stored: Vec<String> = stored_samples(tmp.path())
         .into_values()
         .flat_map(|(_, hashes)| hashes)
         .collect();
