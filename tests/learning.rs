@@ -7,16 +7,16 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use common::daemon::{Daemon, DaemonConfig, GLIMPSE};
 use common::{Mosquitto, Msg, Subscriber};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 const DEVICE: &str = "cam1";
-const GLIMPSE: &str = env!("CARGO_BIN_EXE_glimpse");
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -59,116 +59,20 @@ fn split(files: &[PathBuf]) -> (Vec<PathBuf>, Vec<PathBuf>) {
     (train, test)
 }
 
-/// A running `glimpse run`, killed on drop.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(dir: &Path, broker: &Mosquitto, state: &Path, source: &Path, looping: bool) -> Daemon {
-        Daemon::start_with(dir, broker, state, source, looping, "")
-    }
-
-    fn start_with(
-        dir: &Path,
-        broker: &Mosquitto,
-        state: &Path,
-        source: &Path,
-        looping: bool,
-        learning_extra: &str,
-    ) -> Daemon {
-        let config = dir.join(format!("glimpse-{}.toml", common::free_port()));
-        // Tests train on command unless they set their own automatic-retraining settings.
-        let manual = if learning_extra.contains("retrain_after") {
-            ""
-        } else {
-            "retrain_after = 0"
-        };
-        let text = format!(
-            r#"state_dir = "{state}"
-[model]
-manifest = "{manifest}"
-threads = 1
-[source]
-uri = "dir:{source}"
-replay_fps = {fps}
-replay_loop = {looping}
-[mqtt]
-url = "{url}"
-device_id = "{DEVICE}"
-stats_interval_s = 60
-[learning]
-{manual}
-{learning_extra}
-[log]
-level = "info"
-"#,
-            state = state.display(),
-            manifest = repo().join("models/mobilenet_v2_1.0_224.toml").display(),
-            source = source.display(),
-            fps = if looping { 1 } else { 3 },
-            url = broker.url(),
-        );
-        std::fs::write(&config, text).expect("write config");
-        let log = dir.join(format!("daemon-{}.log", common::free_port()));
-        let child = Command::new(GLIMPSE)
-            .args(["run", "--config"])
-            .arg(&config)
-            .env_remove("NOTIFY_SOCKET")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::from(std::fs::File::create(&log).expect("log")))
-            .stderr(Stdio::from(
-                std::fs::OpenOptions::new()
-                    .append(true)
-                    .open(&log)
-                    .expect("log"),
-            ))
-            .spawn()
-            .expect("spawn glimpse run");
-        Daemon { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM and wait for a clean exit.
-    fn stop(&mut self) {
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("daemon did not stop on SIGTERM:\n{}", self.log());
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("daemon did not finish within {timeout:?}:\n{}", self.log());
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill9();
-    }
+/// The daemon of these tests: [`DEVICE`] on `broker`, its store in `state`, replaying `source`
+/// (at 1 fps in a loop, or at 3 fps once); training on command only.
+fn config(
+    dir: &Path,
+    broker: &Mosquitto,
+    state: &Path,
+    source: &Path,
+    looping: bool,
+) -> DaemonConfig {
+    DaemonConfig::new(dir, broker, DEVICE)
+        .state_dir(state)
+        .source_dir(source)
+        .set("source.replay_fps", if looping { 1 } else { 3 })
+        .set("source.replay_loop", looping)
 }
 
 fn json_of(msg: &Msg) -> Value {
@@ -240,7 +144,7 @@ fn predict(
         &[&topic("prediction"), &topic("availability")],
     );
     sub.clear();
-    let mut daemon = Daemon::start(root, broker, state, &source, false);
+    let mut daemon = Daemon::start(config(root, broker, state, &source, false));
     daemon.wait_exit(Duration::from_secs(300));
     sub.expect(&topic("availability"), b"stopped");
     let mut predicted = BTreeMap::new();
@@ -301,7 +205,7 @@ fn teach_and_predict_then_add_classes() {
     }
     let sub = Subscriber::connect(broker.port(), &[&topic("availability"), &topic("report")]);
     // Default learning settings: a 20% holdout gates the head, which is then refit on all.
-    let mut daemon = Daemon::start(tmp.path(), &broker, &state, &idle, true);
+    let mut daemon = Daemon::start(config(tmp.path(), &broker, &state, &idle, true));
     wait_online(&sub, &daemon);
     let (ok, out) = glimpse(&broker, &["send", teach.to_str().unwrap()]);
     assert!(ok, "glimpse send failed:\n{out}\n{}", daemon.log());
@@ -368,7 +272,7 @@ fn teach_and_predict_then_add_classes() {
     }
     let sub = Subscriber::connect(broker.port(), &[&topic("availability"), &topic("report")]);
     sub.clear();
-    let mut daemon = Daemon::start(tmp.path(), &broker, &state, &idle, true);
+    let mut daemon = Daemon::start(config(tmp.path(), &broker, &state, &idle, true));
     wait_online(&sub, &daemon);
     let (ok, out) = glimpse(&broker, &["send", teach_digits.to_str().unwrap()]);
     assert!(ok, "{out}");
@@ -422,13 +326,8 @@ fn bad_input_is_rejected_with_a_reason_and_nothing_is_stored() {
         broker.port(),
         &[&topic("availability"), &topic("ack"), &topic("prediction")],
     );
-    let daemon = Daemon::start_with(
-        tmp.path(),
-        &broker,
-        &state,
-        &idle,
-        true,
-        "max_sample_bytes = 1000000",
+    let daemon = Daemon::start(
+        config(tmp.path(), &broker, &state, &idle, true).set("learning.max_sample_bytes", 1000000),
     );
     wait_online(&sub, &daemon);
     let jpeg = std::fs::read(&class_files("sign_digits", "3")[0]).unwrap();
@@ -610,6 +509,9 @@ fn stored_samples(state: &Path) -> BTreeMap<(String, String), usize> {
     out
 }
 
+/// Samples sent and not yet acked, at most, while streaming.
+const WINDOW: usize = 16;
+
 /// Streams samples while something disruptive happens `disruptions` times; returns accepted ids.
 fn stream_with_disruptions(disrupt_broker: bool) {
     let mut broker = Mosquitto::start();
@@ -635,7 +537,7 @@ fn stream_with_disruptions(disrupt_broker: bool) {
     }
     assert_eq!(files.len(), 300);
     let sub = Subscriber::connect(broker.port(), &[&topic("availability"), &topic("ack")]);
-    let mut daemon = Daemon::start(tmp.path(), &broker, &state, &idle, true);
+    let mut daemon = Daemon::start(config(tmp.path(), &broker, &state, &idle, true));
     wait_online(&sub, &daemon);
     let mut rng_state = 0x9E3779B97F4A7C15u64;
     let mut next_random = move |n: u64| {
@@ -647,10 +549,43 @@ fn stream_with_disruptions(disrupt_broker: bool) {
     let disrupt_at: BTreeSet<usize> = (0..3)
         .map(|i| 40 + i * 80 + next_random(60) as usize)
         .collect();
+    let acked = || -> BTreeSet<String> {
+        sub.messages(&topic("ack"))
+            .iter()
+            .filter_map(|m| json_of(m)["id"].as_str().map(str::to_string))
+            .collect()
+    };
+    let onlines = || {
+        sub.messages(&topic("availability"))
+            .iter()
+            .filter(|m| m.payload == b"online")
+            .count()
+    };
     let mut sent = BTreeMap::new();
+    // Sent since the last disruption: what was in flight then may be lost unacked (that is
+    // allowed: only an acked sample is promised), so only these are waited for.
+    let mut since_disruption: Vec<String> = Vec::new();
+    let unacked = |ids: &[String]| {
+        let acked = acked();
+        ids.iter().filter(|id| !acked.contains(*id)).count()
+    };
     for (i, (file, label)) in files.iter().enumerate() {
         let bytes = std::fs::read(file).unwrap();
-        sent.insert(sha256(&bytes), label.clone());
+        let id = sha256(&bytes);
+        sent.insert(id.clone(), label.clone());
+        // At most WINDOW samples without an ack, however slow the machine: a fixed rate would
+        // overrun the device's ingest queue on a loaded box and most samples would be answered
+        // `busy` (few accepted, little tested).
+        let deadline = Instant::now() + common::WAIT;
+        while unacked(&since_disruption) >= WINDOW {
+            if Instant::now() > deadline {
+                // Their acks are not coming (sent while the daemon was not subscribed): lost
+                // unacked, which is allowed. Stream on.
+                since_disruption.clear();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         // The test client's own queue may refuse while the broker is away: retry.
         let deadline = Instant::now() + common::WAIT;
         loop {
@@ -662,23 +597,39 @@ fn stream_with_disruptions(disrupt_broker: bool) {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+        since_disruption.push(id);
         std::thread::sleep(Duration::from_millis(20));
         if disrupt_at.contains(&i) {
             // Let some samples reach the daemon, then hit it mid-ingest.
             std::thread::sleep(Duration::from_millis(next_random(1500)));
+            since_disruption.clear();
+            let online_before = onlines();
             if disrupt_broker {
                 broker.restart();
             } else {
                 daemon.kill9();
-                daemon = Daemon::start(tmp.path(), &broker, &state, &idle, true);
+                daemon = Daemon::start(config(tmp.path(), &broker, &state, &idle, true));
+            }
+            // Streaming on only once the daemon is back (restarted, or reconnected): the next
+            // disruption then hits a running daemon mid-ingest, not one still loading its model
+            // (which tests nothing), and the samples sent meanwhile do not pile up into one
+            // burst that overruns its queue.
+            let deadline = Instant::now() + Duration::from_secs(90);
+            while onlines() == online_before {
+                assert!(
+                    Instant::now() < deadline,
+                    "daemon never came back online:\n{}",
+                    daemon.log()
+                );
+                std::thread::sleep(Duration::from_millis(50));
             }
         }
     }
-    // Let the daemon drain what the broker still holds for it.
-    std::thread::sleep(Duration::from_secs(2));
+    // Let the daemon drain what the broker still holds for it: every sample sent since the last
+    // disruption acked, or (acks lost with a broker restart) no new ack for 15 s.
     let mut quiet_since = Instant::now();
     let mut seen = 0;
-    while quiet_since.elapsed() < Duration::from_secs(15) {
+    while unacked(&since_disruption) > 0 && quiet_since.elapsed() < Duration::from_secs(15) {
         let n = sub.messages(&topic("ack")).len();
         if n != seen {
             seen = n;
@@ -736,7 +687,7 @@ fn a_corrupt_head_version_falls_back_to_the_previous_one() {
         broker.port(),
         &[&topic("availability"), &topic("ack"), &topic("prediction")],
     );
-    let mut daemon = Daemon::start(tmp.path(), &broker, &state, &idle, true);
+    let mut daemon = Daemon::start(config(tmp.path(), &broker, &state, &idle, true));
     wait_online(&sub, &daemon);
     for round in 0..2 {
         for class in ["paper", "rock"] {
@@ -766,7 +717,7 @@ fn a_corrupt_head_version_falls_back_to_the_previous_one() {
         std::fs::write(&path, bytes).unwrap();
     }
     sub.clear();
-    let mut daemon = Daemon::start(tmp.path(), &broker, &state, &idle, true);
+    let mut daemon = Daemon::start(config(tmp.path(), &broker, &state, &idle, true));
     let ack = sub
         .wait_for(common::WAIT * 3, |m| m.topic == topic("ack"))
         .unwrap_or_else(|| panic!("no error published:\n{}", daemon.log()));
@@ -789,7 +740,7 @@ fn a_corrupt_head_version_falls_back_to_the_previous_one() {
     );
     // Rollback: v1 is the oldest, so there is nothing older to go to.
     sub.clear();
-    let mut daemon = Daemon::start(tmp.path(), &broker, &state, &idle, true);
+    let mut daemon = Daemon::start(config(tmp.path(), &broker, &state, &idle, true));
     wait_online(&sub, &daemon);
     let (ok, out) = glimpse(&broker, &["rollback"]);
     assert!(
@@ -813,8 +764,11 @@ fn a_new_label_is_served_without_a_command() {
         broker.port(),
         &[&topic("availability"), &topic("report"), label_config],
     );
-    let config_extra = "retrain_after = 10\n[mqtt.homeassistant]\nenabled = true";
-    let mut daemon = Daemon::start_with(tmp.path(), &broker, &state, &idle, true, config_extra);
+    let mut daemon = Daemon::start(
+        config(tmp.path(), &broker, &state, &idle, true)
+            .set("learning.retrain_after", 10)
+            .set("mqtt.homeassistant.enabled", true),
+    );
     wait_online(&sub, &daemon);
     let options = |m: &Msg| -> Vec<String> {
         json_of(m)["options"]
@@ -893,7 +847,7 @@ fn a_forget_cut_short_by_kill_9_is_finished_or_undone() {
     for (attempt, delay_ms) in [0u64, 40, 120, 300].into_iter().enumerate() {
         let state = tmp.path().join(format!("state-{attempt}"));
         let sub = Subscriber::connect(broker.port(), &[&topic("availability"), &topic("ack")]);
-        let mut daemon = Daemon::start(tmp.path(), &broker, &state, &idle, true);
+        let mut daemon = Daemon::start(config(tmp.path(), &broker, &state, &idle, true));
         wait_online(&sub, &daemon);
         for class in ["paper", "rock", "scissors"] {
             for f in class_files("rps", class).iter().take(6) {
@@ -909,7 +863,7 @@ fn a_forget_cut_short_by_kill_9_is_finished_or_undone() {
         daemon.kill9();
 
         sub.clear();
-        let mut daemon = Daemon::start(tmp.path(), &broker, &state, &idle, true);
+        let mut daemon = Daemon::start(config(tmp.path(), &broker, &state, &idle, true));
         wait_online(&sub, &daemon);
         let (ok, out) = glimpse(&broker, &["forget", "rock"]);
         if ok {
