@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use super::daemon::{Daemon, DaemonConfig, GLIMPSE};
 use super::Mosquitto;
 
 pub const DEVICE: &str = "cam1";
-pub const GLIMPSE: &str = env!("CARGO_BIN_EXE_glimpse");
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
@@ -37,41 +37,16 @@ impl Drop for Proc {
 
 /// `glimpse run` on a `dir:` source replaying `photo` in a loop, publishing a thumbnail every
 /// 500 ms, no automatic retraining (the tests retrain by hand).
-pub fn start_daemon(dir: &Path, broker: &Mosquitto, photo: &Path) -> Proc {
+pub fn start_daemon(dir: &Path, broker: &Mosquitto, photo: &Path) -> Daemon {
     let source = dir.join("scene");
     std::fs::create_dir_all(&source).unwrap();
     std::fs::copy(photo, source.join("000_scene.jpg")).expect("copy the scene photo");
-    let config = dir.join("glimpse.toml");
-    let text = format!(
-        r#"state_dir = "{state}"
-[model]
-manifest = "{manifest}"
-threads = 1
-[source]
-uri = "dir:{source}"
-replay_fps = 2
-replay_loop = true
-[mqtt]
-url = "{url}"
-device_id = "{DEVICE}"
-stats_interval_s = 2
-thumbnail_interval_ms = 500
-[learning]
-retrain_after = 0
-[log]
-level = "info"
-"#,
-        state = dir.join("state").display(),
-        manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("models/mobilenet_v2_1.0_224.toml")
-            .display(),
-        source = source.display(),
-        url = broker.url(),
-    );
-    std::fs::write(&config, text).expect("write config");
-    let log = dir.join("daemon.log");
-    let child = super::spawn_run(GLIMPSE, &config, &log);
-    Proc { child, log }
+    Daemon::start(
+        DaemonConfig::new(dir, broker, DEVICE)
+            .source_dir(&source)
+            .set("mqtt.stats_interval_s", 2)
+            .set("mqtt.thumbnail_interval_ms", 500),
+    )
 }
 
 /// `glimpse studio` on a free loopback port; returns the process and the URL it printed
