@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use tract_onnx::pb;
 use tract_onnx::prelude::Framework;
 
-pub use agreement::{check_agreement, AGREEMENT_TOLERANCE};
+pub use agreement::{check_agreement, AgreementCache, AGREEMENT_TOLERANCE};
 pub use auto_embedding::{find_embedding_tensor, AutoEmbeddingError, GraphNode};
 pub use ort_engine::MIN_ONNXRUNTIME;
 
@@ -183,6 +183,8 @@ pub struct Backbone {
     /// Kept for the cross-engine check, which loads the same model with another engine.
     manifest: ModelManifest,
     options: BackboneOptions,
+    /// Verdicts of the cross-engine check against other engines (see [`Backbone::agreement`]).
+    agreements: AgreementCache,
 }
 
 /// The tensors the manifest asks for, resolved against the graph.
@@ -291,6 +293,7 @@ impl Backbone {
             has_logits: chosen.logits.is_some(),
             manifest: manifest.clone(),
             options: opts.clone(),
+            agreements: AgreementCache::default(),
         })
     }
 
@@ -308,6 +311,13 @@ impl Backbone {
     /// Which model file and tensor the embeddings come from.
     pub fn fingerprint(&self) -> &Fingerprint {
         &self.fingerprint
+    }
+
+    /// [`check_agreement`] against `other_engine`, run once per engine for this backbone's
+    /// lifetime (the verdict cannot change while the process runs: same model, same libraries).
+    pub fn agreement(&self, other_engine: &str) -> Result<f32, String> {
+        self.agreements
+            .get_or_check(other_engine, || check_agreement(self, other_engine))
     }
 
     /// Class names for the logits, when the manifest has a labels file.

@@ -5,6 +5,10 @@
 //! The inputs are generated, not read from files: the device has no test data, and what is
 //! compared is the engines' arithmetic on identical tensors, not a model's accuracy.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -89,6 +93,39 @@ pub fn check_agreement(current: &Backbone, other_engine: &str) -> Result<f32, St
     }
 }
 
+/// Verdicts of [`check_agreement`] per other engine id, for the life of the process: the check
+/// loads a second engine (hundreds of ms, more for TensorRT), and a start that restores a head,
+/// re-keys samples and later adopts a fleet head would otherwise pay it several times.
+#[derive(Debug, Default)]
+pub struct AgreementCache(Mutex<HashMap<String, Result<f32, String>>>);
+
+impl AgreementCache {
+    /// The cached verdict for `engine`, or `check`'s, remembered. The lock is held while
+    /// checking so two threads asking at once load the other engine once, not twice.
+    pub fn get_or_check(
+        &self,
+        engine: &str,
+        check: impl FnOnce() -> Result<f32, String>,
+    ) -> Result<f32, String> {
+        let mut verdicts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(verdict) = verdicts.get(engine) {
+            return verdict.clone();
+        }
+        let started = Instant::now();
+        let verdict = check();
+        log::info!(
+            "agreement check against {engine}: {} in {} ms",
+            match &verdict {
+                Ok(error) => format!("agree (embedding error {error:.1e})"),
+                Err(_) => "disagree".to_string(),
+            },
+            started.elapsed().as_millis()
+        );
+        verdicts.insert(engine.to_string(), verdict.clone());
+        verdict
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +150,28 @@ mod tests {
         ] {
             assert_eq!(parse_engine_id(junk), None, "{junk}");
         }
+    }
+
+    #[test]
+    fn the_cache_checks_each_engine_once() {
+        let cache = AgreementCache::default();
+        let mut calls = 0;
+        for _ in 0..3 {
+            let verdict = cache.get_or_check("onnxruntime/cpu/fp32", || {
+                calls += 1;
+                Ok(1e-6)
+            });
+            assert_eq!(verdict, Ok(1e-6));
+        }
+        let refused = cache.get_or_check("onnxruntime/tensorrt/fp16", || Err("differ".into()));
+        assert_eq!(refused, Err("differ".to_string()));
+        let again = cache.get_or_check("onnxruntime/tensorrt/fp16", || Ok(0.0));
+        assert_eq!(
+            again,
+            Err("differ".to_string()),
+            "a refusal is remembered too"
+        );
+        assert_eq!(calls, 1);
     }
 
     #[test]
