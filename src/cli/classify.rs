@@ -59,7 +59,7 @@ pub fn run(args: &ClassifyArgs) -> anyhow::Result<bool> {
     let backbone = args.model.load_backbone()?;
     let head = match &args.head {
         Some(path) => Some(
-            crate::learn::cross_engine::load_head_for(path, &backbone)
+            crate::learn::cross_engine::load_head_for(path, &*backbone)
                 .map_err(|e| ConfigError(e.to_string()))?,
         ),
         None => None,

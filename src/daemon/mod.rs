@@ -135,8 +135,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     // A store without heads falls back to the configured head file (trained offline).
     let state_dir = config.state_dir();
     let mut store = open_store(&state_dir)?;
-    let (stored_head, head_errors) = restore_head(&mut store, backbone.fingerprint())
-        .map_err(|e| DaemonError::Runtime(e.to_string()))?;
+    let (stored_head, head_errors) =
+        restore_head(&mut store, &*backbone).map_err(|e| DaemonError::Runtime(e.to_string()))?;
     for error in &head_errors {
         log::error!("{error}");
     }

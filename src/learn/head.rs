@@ -296,6 +296,15 @@ impl Head {
         parse(bytes, IN_MEMORY, expected)
     }
 
+    /// [`Head::from_bytes`] with `name` (a file, a stored version, a group message) in errors.
+    pub fn from_named_bytes(
+        bytes: &[u8],
+        name: &str,
+        expected: Option<&Fingerprint>,
+    ) -> Result<Head, HeadError> {
+        parse(bytes, name, expected)
+    }
+
     /// Writes the head atomically: a temporary file in the same directory, fsync, rename over
     /// `path`, fsync the directory. A crash leaves either the old file or the new one, never half.
     pub fn save(&self, path: &Path) -> Result<(), HeadError> {

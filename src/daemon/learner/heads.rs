@@ -1,16 +1,17 @@
 //! Head versions from the store into the cell: the active one at start (falling back to older
 //! versions when a file is corrupt, missing or for another backbone), and any one by number.
+//! A version trained with another engine of the same model goes through the cross-engine rule
+//! (`learn::cross_engine`), like a head file does.
 
 use crate::daemon::pipeline::LoadedHead;
-use crate::learn::head::Head;
+use crate::learn::cross_engine::{accept_head_bytes, EngineJudge};
 use crate::store::{Store, StoreError};
-use crate::vision::spec::Fingerprint;
 
 /// Reads and checks one stored head version (and its gate twin, when it has a usable one).
 pub(super) fn load_version(
     store: &Store,
     version: u64,
-    fingerprint: &Fingerprint,
+    judge: &dyn EngineJudge,
 ) -> Result<Result<LoadedHead, String>, StoreError> {
     let stored = match store.head(version) {
         Ok(Some(stored)) => stored,
@@ -20,13 +21,15 @@ pub(super) fn load_version(
         }
         Err(err) => return Err(err),
     };
-    let head = match Head::from_bytes(&stored.bytes, Some(fingerprint)) {
+    let name = format!("v{version}");
+    let head = match accept_head_bytes(&stored.bytes, &name, judge) {
         Ok(head) => head,
         Err(err) => return Ok(Err(format!("head v{version} in the store: {err}"))),
     };
+    let gate_name = format!("v{version} (gate twin)");
     let gate = stored
         .gate_bytes
-        .and_then(|bytes| match Head::from_bytes(&bytes, Some(fingerprint)) {
+        .and_then(|bytes| match accept_head_bytes(&bytes, &gate_name, judge) {
             Ok(gate) => Some(gate),
             Err(err) => {
                 log::warn!("gate twin of head v{version} unusable ({err}): gating against v{version} itself");
@@ -45,7 +48,7 @@ pub(super) fn load_version(
 /// previous one (which becomes active). Returns the head and one message per refused version.
 pub fn restore_head(
     store: &mut Store,
-    fingerprint: &Fingerprint,
+    judge: &dyn EngineJudge,
 ) -> Result<(Option<LoadedHead>, Vec<String>), StoreError> {
     let mut errors = Vec::new();
     let Some(active) = store.active_version()? else {
@@ -53,7 +56,7 @@ pub fn restore_head(
     };
     let mut candidate = Some(active);
     while let Some(version) = candidate {
-        match load_version(store, version, fingerprint)? {
+        match load_version(store, version, judge)? {
             Ok(loaded) => {
                 if version != active {
                     store.set_active(version)?;

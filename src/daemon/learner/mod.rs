@@ -192,7 +192,7 @@ impl Learner {
         let busy = Busy::default();
         let trainer = trainer::Trainer::new(
             trainer_store,
-            fingerprint.clone(),
+            backbone.clone(),
             head,
             settings.clone(),
             events.clone(),

@@ -21,6 +21,7 @@ use super::heads::load_version;
 use super::{Events, InFlight, LearnEvent, LearnerSettings};
 use crate::daemon::liveness::Busy;
 use crate::daemon::pipeline::{HeadCell, LoadedHead};
+use crate::learn::cross_engine::EngineJudge;
 use crate::learn::imprint::imprint;
 use crate::learn::retrain::{retrain, Active, RetrainConfig, RetrainError, Sample};
 use crate::learn::train::TrainConfig;
@@ -57,6 +58,9 @@ struct Trained {
 
 pub(super) struct Trainer {
     store: Store,
+    /// The backbone's fingerprint and agreement verdicts: stored, rolled-back and adopted heads
+    /// of another engine go through the cross-engine rule (`learn::cross_engine`).
+    backbone: Arc<dyn EngineJudge>,
     fingerprint: Fingerprint,
     fingerprint_text: String,
     head: Arc<HeadCell>,
@@ -78,15 +82,17 @@ pub(super) struct Trainer {
 impl Trainer {
     pub fn new(
         store: Store,
-        fingerprint: Fingerprint,
+        backbone: Arc<dyn EngineJudge>,
         head: Arc<HeadCell>,
         settings: LearnerSettings,
         events: Events,
         inflight: InFlight,
         busy: Busy,
     ) -> Trainer {
+        let fingerprint = backbone.fingerprint().clone();
         Trainer {
             store,
+            backbone,
             fingerprint_text: fingerprint.to_string(),
             fingerprint,
             head,
@@ -523,7 +529,7 @@ impl Trainer {
         if !current.provisional {
             return;
         }
-        match load_version(&self.store, current.version, &self.fingerprint) {
+        match load_version(&self.store, current.version, &*self.backbone) {
             Ok(Ok(stored)) => {
                 self.head.store(Some(Arc::new(stored)));
                 self.events.send(LearnEvent::HeadChanged {
@@ -549,7 +555,7 @@ impl Trainer {
             .ok_or("no active head to roll back from")?;
         let mut candidate = self.store.previous_version(active).map_err(err)?;
         while let Some(version) = candidate {
-            match load_version(&self.store, version, &self.fingerprint).map_err(err)? {
+            match load_version(&self.store, version, &*self.backbone).map_err(err)? {
                 Ok(loaded) => {
                     self.store.set_active(version).map_err(err)?;
                     self.publish_to_group(version, &loaded.head.to_bytes());

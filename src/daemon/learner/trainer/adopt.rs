@@ -3,7 +3,8 @@
 //! judged on the member's own validation samples (`learn::group_head::judge`), then stored as a
 //! new head version like one of its own (atomic file + commit, so rollback works and a crash
 //! leaves the old head or the new one) and served. Every outcome is answered with an
-//! `adopt_head` ack.
+//! `adopt_head` ack. A head trained with another engine of the same model is accepted only when
+//! the engines agree (`learn::cross_engine`), else refused with the reason.
 //!
 //! Convergence: only a leader publishes, and only heads it trained or rolled back to; an adopted
 //! head is never republished, and a leader adopts nothing. So a head crosses the group once and
@@ -15,6 +16,7 @@ use super::Trainer;
 use crate::daemon::learner::ADOPT_HEAD;
 use crate::daemon::pipeline::LoadedHead;
 use crate::learn::cache::content_hash;
+use crate::learn::cross_engine::accept_head_bytes;
 use crate::learn::group_head::{decode, judge};
 use crate::learn::head::Head;
 use crate::learn::retrain::Sample;
@@ -69,7 +71,10 @@ impl Trainer {
             Ok(_) => {}
             Err(e) => return rejected(e),
         }
-        let head = match Head::from_bytes(bytes, Some(&self.fingerprint)) {
+        // A head from a member on another engine of the same model is judged by the agreement
+        // check, as a head file would be; the bytes are stored as received (so a redelivery is
+        // still recognised by its sha256) and the rule is applied again when they are loaded.
+        let head = match accept_head_bytes(bytes, &from, &*self.backbone) {
             Ok(head) => head,
             Err(e) => return rejected(format!("{from}: {e}; the active head is kept")),
         };

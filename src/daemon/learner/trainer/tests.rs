@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use super::*;
 use crate::config::LearningConfig;
+use crate::learn::cross_engine::FixedJudge;
 use crate::store::NewSample;
 use crate::vision::spec::ResizeMode;
 
@@ -73,7 +74,7 @@ impl Rig {
     fn trainer(&self, learning: LearningConfig) -> Trainer {
         Trainer::new(
             self.store(),
-            fingerprint(),
+            Arc::new(FixedJudge::refusing(fingerprint())),
             self.head.clone(),
             LearnerSettings {
                 device: "test".into(),
@@ -274,6 +275,45 @@ fn enough_new_samples_retrain_without_waiting_for_quiet() {
 }
 
 #[test]
+fn a_stored_head_of_another_engine_is_restored_only_when_the_engines_agree() {
+    let rig = Rig::new();
+    let mut store = rig.store();
+    for (label, seed) in [("a", 1), ("b", 2)] {
+        teach(&mut store, label, 20, seed);
+    }
+    let (tx, rx) = channel();
+    tx.send(retrain_cmd("r", false)).unwrap();
+    drop(tx);
+    rig.trainer(manual()).run(rx);
+    let other = Fingerprint {
+        engine: "onnxruntime/cpu/fp32".into(),
+        ..fingerprint()
+    };
+    let agree = FixedJudge {
+        fingerprint: other.clone(),
+        verdict: Ok(1e-6),
+    };
+    let (restored, errors) = super::super::heads::restore_head(&mut store, &agree).unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    let restored = restored.expect("restored after the agreement check");
+    assert_eq!(
+        restored.head.fingerprint(),
+        &other,
+        "rebound to this engine"
+    );
+    let disagree = FixedJudge {
+        fingerprint: other,
+        verdict: Err("embeddings differ by 5.00e-3".into()),
+    };
+    let (restored, errors) = super::super::heads::restore_head(&mut store, &disagree).unwrap();
+    assert!(restored.is_none());
+    assert!(
+        errors[0].contains("5.00e-3") && errors[0].contains("retrain it with this engine"),
+        "{errors:?}"
+    );
+}
+
+#[test]
 fn a_forget_interrupted_by_a_crash_is_finished_at_start() {
     let mut rig = Rig::new();
     let mut store = rig.store();
@@ -385,5 +425,5 @@ fn head_versions_are_pruned_to_keep_heads() {
 }
 
 fn restore_head_for_test(store: &mut Store) -> (Option<LoadedHead>, Vec<String>) {
-    super::super::heads::restore_head(store, &fingerprint()).unwrap()
+    super::super::heads::restore_head(store, &FixedJudge::refusing(fingerprint())).unwrap()
 }
