@@ -71,6 +71,7 @@ const MIGRATIONS: &[&str] = &[
 
 mod bookkeeping; // trained-through row id, the pending retrain of a forget, executed command ids
 mod prune; // head versions beyond `learning.keep_heads`: rows and files removed
+mod rekey; // sample keys counted and moved to the current fingerprint after an engine switch
 
 /// The directory of head version files, beside the database.
 pub const HEADS_DIR: &str = "heads";

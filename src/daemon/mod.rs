@@ -32,7 +32,7 @@ use crate::systemd::{watchdog_interval, Notifier, WatchdogGate};
 use crate::vision::backbone::Backbone;
 use crate::vision::decode::DecodeLimits;
 use intake::Intake;
-use learner::{restore_head, LearnEvent, Learner, LearnerSettings};
+use learner::{restore_head, take_over_samples, LearnEvent, Learner, LearnerSettings};
 use pipeline::{LoadedHead, Pipeline, PipelineSettings};
 use publish::Publisher;
 use recent::{RecentFrame, RecentFrames};
@@ -135,6 +135,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     // A store without heads falls back to the configured head file (trained offline).
     let state_dir = config.state_dir();
     let mut store = open_store(&state_dir)?;
+    // After an engine switch: samples of an agreeing engine become this backbone's.
+    let held_samples = take_over_samples(&mut store, &*backbone)
+        .map_err(|e| DaemonError::Runtime(e.to_string()))?;
     let (stored_head, head_errors) =
         restore_head(&mut store, &*backbone).map_err(|e| DaemonError::Runtime(e.to_string()))?;
     for error in &head_errors {
@@ -168,6 +171,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         backbone.fingerprint().engine.clone(),
         backbone.provider().to_string(),
     );
+    publisher.set_samples_other_engine(held_samples);
     if !head_errors.is_empty() {
         let ack = Ack::command(None, "restore_head", AckStatus::Rejected)
             .with_reason(head_errors.join("; "));

@@ -41,12 +41,20 @@ pub struct Publisher {
     last_thumbnail: Option<Instant>,
     /// Backbone engine id and execution provider, for `stats`.
     backbone: Option<(String, String)>,
+    /// Samples held under an engine that disagrees with this one, for `stats` (0: none).
+    samples_other_engine: u64,
 }
 
 impl Publisher {
     /// Names the backbone's engine and execution provider in every `stats` message.
     pub fn set_backbone(&mut self, engine: String, provider: String) {
         self.backbone = Some((engine, provider));
+    }
+
+    /// Counts, in every `stats` message, the samples left out of retrains because another
+    /// engine embedded them and it disagrees with this one (found at start).
+    pub fn set_samples_other_engine(&mut self, count: u64) {
+        self.samples_other_engine = count;
     }
 
     pub fn new(config: &Config, model_name: &str, link: MqttLink) -> Self {
@@ -73,6 +81,7 @@ impl Publisher {
                 .then(|| std::time::Duration::from_millis(config.mqtt.thumbnail_interval_ms)),
             last_thumbnail: None,
             backbone: None,
+            samples_other_engine: 0,
         }
     }
 
@@ -219,6 +228,8 @@ impl Publisher {
             state_free_bytes: crate::fsutil::free_bytes(&self.state_dir).ok(),
             backbone_engine: self.backbone.as_ref().map(|b| b.0.clone()),
             backbone_provider: self.backbone.as_ref().map(|b| b.1.clone()),
+            samples_other_engine: (self.samples_other_engine > 0)
+                .then_some(self.samples_other_engine),
         };
         if let Err(err) = self.link.publish_json(Outgoing::Stats, &message) {
             log::warn!("stats: {err}");

@@ -4,6 +4,7 @@
 pub mod cache; // embeddings cached on disk, keyed by image content + backbone fingerprint
 pub mod cross_engine; // a head trained on another engine: accepted after the agreement check, or refused
 pub mod dataset; // class-per-folder scan and the stratified split
+pub mod engine_switch; // after an engine switch: stored samples re-keyed when the engines agree, else held
 pub mod gate;
 pub mod group_head; // fleet heads on the wire (size, checksum) and the adoption rule // the acceptance gate: does a new head replace the active one
 pub mod head; // forward pass and the versioned, checksummed head file

@@ -12,6 +12,7 @@
 //!
 //! Each thread has its own SQLite connection to the same store (WAL: readers never block).
 
+mod engine_switch;
 mod export;
 mod heads;
 mod ingest;
@@ -36,6 +37,7 @@ use crate::store::Store;
 use crate::vision::backbone::Backbone;
 use crate::vision::embedder::Embedder;
 use crate::vision::spec::ResizeMode;
+pub use engine_switch::take_over_samples;
 pub use heads::restore_head;
 
 /// The command name of the acks that answer a group head message.

@@ -56,6 +56,10 @@ pub struct Stats {
     /// The execution provider actually running it (`tract`, `CUDAExecutionProvider`, ...).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub backbone_provider: Option<String>,
+    /// Samples left out of retrains because they were embedded with another engine that does
+    /// not agree with this one (docs/learning.md "Changing engines"); absent when none.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub samples_other_engine: Option<u64>,
 }
 
 #[cfg(test)]
@@ -99,6 +103,7 @@ mod tests {
             state_free_bytes: None,
             backbone_engine: Some("onnxruntime/cpu/fp32".into()),
             backbone_provider: Some("CPUExecutionProvider".into()),
+            samples_other_engine: None,
         };
         let value = serde_json::to_value(&s).unwrap();
         assert_eq!(
