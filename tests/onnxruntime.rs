@@ -7,7 +7,8 @@
 //! onnxruntime engine after the agreement check and refused, with a message, when the check
 //! cannot pass; the daemon runs end to end with `model.engine = "onnxruntime"` and names the
 //! provider; `model.device = "cuda"` on this GPU-less machine, an impossible combination and a
-//! missing library are configuration errors (exit 2) with their messages.
+//! missing library are configuration errors (exit 2) with their messages; a device taught on
+//! tract and restarted on onnxruntime keeps serving its stored head and retrains on its samples.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -23,7 +24,7 @@ use glimpse::vision::spec::Fingerprint;
 
 mod common;
 
-use common::{spawn_run, Mosquitto, Subscriber};
+use common::{spawn_run, Mosquitto, Msg, Subscriber, WAIT};
 
 const GLIMPSE: &str = env!("CARGO_BIN_EXE_glimpse");
 const IMAGES: [&str; 3] = ["cat", "parrot", "grace_hopper"];
@@ -223,10 +224,16 @@ fn config(dir: &Path, model: &str, source: &str) -> PathBuf {
 }
 
 fn config_with_broker(dir: &Path, model: &str, source: &str, broker: &str) -> PathBuf {
+    daemon_config(dir, model, source, broker, "")
+}
+
+/// The daemon's config in `dir` (state in `dir/state`), with `learning` as its `[learning]`.
+fn daemon_config(dir: &Path, model: &str, source: &str, broker: &str, learning: &str) -> PathBuf {
     let text = format!(
         "state_dir = '{state}'\n[model]\nmanifest = '{manifest}'\nthreads = 1\n{model}\n\
          [source]\n{source}\n[mqtt]\nurl = '{broker}'\ndevice_id = 'ort'\n\
-         stats_interval_s = 1\nreconnect_backoff_max_s = 1\n[log]\nlevel = 'info'\n",
+         stats_interval_s = 1\nreconnect_backoff_max_s = 1\n[learning]\n{learning}\n\
+         [log]\nlevel = 'info'\n",
         state = dir.join("state").display(),
         manifest = manifest_path().display(),
     );
@@ -334,4 +341,193 @@ fn the_daemon_runs_end_to_end_with_onnxruntime() {
         files,
         "one prediction per image:\n{text}"
     );
+}
+
+fn json(msg: &Msg) -> serde_json::Value {
+    serde_json::from_slice(&msg.payload)
+        .unwrap_or_else(|e| panic!("{} is not JSON ({e}): {}", msg.topic, msg.text()))
+}
+
+/// The first `n` photos (by name) of a class of ../shared/datasets/rps.
+fn rps_photos(class: &str, n: usize) -> Vec<PathBuf> {
+    let dir = repo().join("../shared/datasets/rps").join(class);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("test data {} is missing: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= n,
+        "{} has fewer than {n} photos",
+        dir.display()
+    );
+    files.truncate(n);
+    files
+}
+
+/// Publishes a command and waits for its ack (matched by id).
+fn command(
+    sub: &Subscriber,
+    name: &str,
+    id: &str,
+    argument: &str,
+    log: &Path,
+) -> serde_json::Value {
+    sub.publish(
+        &format!("glimpse/ort/cmd/{name}"),
+        argument.replace("ID", id),
+        false,
+    );
+    let ack = sub
+        .wait_for(WAIT * 6, |m| {
+            m.topic == "glimpse/ort/ack" && json(m)["id"] == id
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no ack for {name} {id}:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            )
+        });
+    json(&ack)
+}
+
+/// SIGTERM, then waits for a clean exit.
+fn stop(child: &mut std::process::Child, log: &Path) {
+    // SAFETY: a signal to the child this test spawned.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = child.wait().expect("wait for the daemon");
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    assert!(status.success(), "{status}:\n{text}");
+}
+
+#[test]
+fn a_device_taught_on_tract_keeps_its_head_and_samples_on_onnxruntime() {
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port(), &["glimpse/ort/#"]);
+    let dir = tempfile::tempdir().unwrap();
+    // One photo replayed in a loop keeps the daemon online and predicting.
+    let idle = dir.path().join("idle");
+    std::fs::create_dir_all(&idle).unwrap();
+    std::fs::copy(&rps_photos("rock", 1)[0], idle.join("rock.png")).unwrap();
+    let source = format!(
+        "uri = 'dir:{}'\nreplay_fps = 2.0\nreplay_loop = true",
+        idle.display()
+    );
+    // Trained on command only, so the retrains below are the only ones.
+    let learning = "retrain_after = 0\nretrain_quiet_ms = 0\nimprint_after = 0";
+    let lib = ort_library().display().to_string();
+
+    // 1. On tract: taught 4 photos of two classes over MQTT, then a retrain makes head v1.
+    let cfg = daemon_config(
+        dir.path(),
+        "engine = 'tract'",
+        &source,
+        &broker.url(),
+        learning,
+    );
+    let log = dir.path().join("tract.log");
+    let mut daemon = spawn_run(GLIMPSE, &cfg, &log);
+    sub.wait_for(WAIT * 6, |m| {
+        m.topic == "glimpse/ort/availability" && m.payload == b"online"
+    })
+    .expect("the tract daemon comes online");
+    let mut taught = 0;
+    for class in ["rock", "paper"] {
+        for photo in rps_photos(class, 4) {
+            let before = sub.messages("glimpse/ort/ack").len();
+            sub.publish(
+                &format!("glimpse/ort/sample/{class}"),
+                std::fs::read(&photo).unwrap(),
+                false,
+            );
+            common::wait_until("a sample's ack", || {
+                sub.messages("glimpse/ort/ack").len() > before
+            });
+            let ack = json(&sub.messages("glimpse/ort/ack")[before]);
+            assert_eq!(ack["status"], "accepted", "{ack}");
+            taught += 1;
+        }
+    }
+    let ack = command(&sub, "retrain", "tract-1", r#"{"id": "ID"}"#, &log);
+    assert_eq!(
+        (ack["status"].as_str(), ack["head_version"].as_u64()),
+        (Some("accepted"), Some(1)),
+        "{ack}"
+    );
+    stop(&mut daemon, &log);
+
+    // 2. The same state on onnxruntime: the samples are re-keyed, head v1 is restored after
+    //    the agreement check and serves predictions, and a retrain trains on the old samples.
+    sub.clear();
+    let model = format!("engine = 'onnxruntime'\nonnxruntime_library = '{lib}'");
+    let cfg = daemon_config(dir.path(), &model, &source, &broker.url(), learning);
+    let log = dir.path().join("ort.log");
+    let mut daemon = spawn_run(GLIMPSE, &cfg, &log);
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let prediction = sub
+        .wait_for(WAIT * 6, |m| m.topic == "glimpse/ort/prediction")
+        .unwrap_or_else(|| panic!("no prediction on onnxruntime:\n{}", text()));
+    let prediction = json(&prediction);
+    assert_eq!(
+        prediction["head_version"], 1,
+        "the stored head serves: {prediction}"
+    );
+    assert!(
+        matches!(prediction["label"].as_str(), Some("rock" | "paper")),
+        "{prediction}"
+    );
+    assert!(
+        sub.messages("glimpse/ort/ack")
+            .iter()
+            .all(|m| json(m)["command"] != "restore_head"),
+        "the head was not refused:\n{}",
+        text()
+    );
+    let ack = command(
+        &sub,
+        "retrain",
+        "ort-1",
+        r#"{"id": "ID", "force": true}"#,
+        &log,
+    );
+    assert_eq!(
+        (ack["status"].as_str(), ack["head_version"].as_u64()),
+        (Some("accepted"), Some(2)),
+        "{ack}\n{}",
+        text()
+    );
+    let report = sub
+        .wait_for(WAIT, |m| {
+            m.topic == "glimpse/ort/report" && json(m)["version"] == 2
+        })
+        .unwrap_or_else(|| panic!("no report of v2:\n{}", text()));
+    let report = json(&report);
+    let per_class: u64 = report["samples_per_class"]
+        .as_object()
+        .expect("samples_per_class")
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        per_class, taught,
+        "every sample taught on tract is trained on: {report}"
+    );
+    stop(&mut daemon, &log);
+    let text = text();
+    // What the check cost (it loads tract beside onnxruntime), for docs/learning.md.
+    for line in text.lines().filter(|l| l.contains("agreement check")) {
+        println!("{line}");
+    }
+    for part in [
+        "samples were embedded with engine tract/cpu/fp32",
+        "was trained with engine tract/cpu/fp32",
+        "agreement check against tract/cpu/fp32: agree",
+    ] {
+        assert!(
+            text.contains(part),
+            "`{part}` missing from the log:\n{text}"
+        );
+    }
 }

@@ -72,9 +72,14 @@ impl Rig {
     }
 
     fn trainer(&self, learning: LearningConfig) -> Trainer {
+        self.trainer_for(learning, FixedJudge::refusing(fingerprint()))
+    }
+
+    /// A trainer whose backbone is `judge` (its fingerprint and agreement verdict).
+    fn trainer_for(&self, learning: LearningConfig, judge: FixedJudge) -> Trainer {
         Trainer::new(
             self.store(),
-            Arc::new(FixedJudge::refusing(fingerprint())),
+            Arc::new(judge),
             self.head.clone(),
             LearnerSettings {
                 device: "test".into(),
@@ -310,6 +315,58 @@ fn a_stored_head_of_another_engine_is_restored_only_when_the_engines_agree() {
     assert!(
         errors[0].contains("5.00e-3") && errors[0].contains("retrain it with this engine"),
         "{errors:?}"
+    );
+}
+
+#[test]
+fn a_group_head_of_a_disagreeing_engine_is_refused_with_the_reason() {
+    let leader = Rig::new();
+    let mut store = leader.store();
+    for (label, seed) in [("a", 1), ("b", 2)] {
+        teach(&mut store, label, 20, seed);
+    }
+    let (tx, rx) = channel();
+    tx.send(retrain_cmd("r", false)).unwrap();
+    drop(tx);
+    leader.trainer(manual()).run(rx);
+    // The leader's head was trained on tract; this member runs an engine that disagrees.
+    let bytes = store.head(1).unwrap().unwrap().bytes;
+    let payload = crate::learn::group_head::encode("leader", 7, &bytes);
+    let learning = LearningConfig {
+        group: Some("g".into()),
+        group_leader: false,
+        ..manual()
+    };
+    let judge = FixedJudge {
+        fingerprint: Fingerprint {
+            engine: "onnxruntime/tensorrt/fp16".into(),
+            ..fingerprint()
+        },
+        verdict: Err("embeddings differ by 5.00e-3".into()),
+    };
+    let (tx, rx) = channel();
+    tx.send(TrainerMsg::Adopt { payload }).unwrap();
+    drop(tx);
+    let mut member = Rig::new();
+    member.trainer_for(learning, judge).run(rx);
+    let ack = member.next_ack();
+    assert_eq!(
+        ack.command.as_deref(),
+        Some(crate::daemon::learner::ADOPT_HEAD)
+    );
+    assert_eq!(ack.status, Some(AckStatus::Rejected), "{ack:?}");
+    let reason = ack.reason.unwrap_or_default();
+    for part in [
+        "head v7 of leader",
+        "5.00e-3",
+        "retrain it with this engine",
+    ] {
+        assert!(reason.contains(part), "`{part}` missing from: {reason}");
+    }
+    assert_eq!(
+        member.store().active_version().unwrap(),
+        None,
+        "nothing stored"
     );
 }
 
