@@ -67,6 +67,11 @@ const MIGRATIONS: &[&str] = &[
     INSERT INTO meta (key, value)
         SELECT 'trained_through', COALESCE(MAX(rowid), 0) FROM samples
         WHERE created_at_ms <= (SELECT created_at_ms FROM heads WHERE active = 1);",
+    // 3 -> 4: an index on the sample key. The key is the last column, behind the embedding and
+    // thumbnail blobs (overflow pages), so counting samples per key at every start
+    // (src/store/rekey.rs) would otherwise read the whole file; the retrain's `WHERE fingerprint`
+    // lookups use it too.
+    "CREATE INDEX samples_fingerprint ON samples (fingerprint);",
 ];
 
 mod bookkeeping; // trained-through row id, the pending retrain of a forget, executed command ids
