@@ -24,7 +24,9 @@ use glimpse::vision::spec::Fingerprint;
 
 mod common;
 
+use common::daemon::{Daemon, DaemonConfig};
 use common::{spawn_run, Mosquitto, Msg, Subscriber, WAIT};
+use serde_json::Value;
 
 const GLIMPSE: &str = env!("CARGO_BIN_EXE_glimpse");
 const IMAGES: [&str; 3] = ["cat", "parrot", "grace_hopper"];
@@ -224,16 +226,10 @@ fn config(dir: &Path, model: &str, source: &str) -> PathBuf {
 }
 
 fn config_with_broker(dir: &Path, model: &str, source: &str, broker: &str) -> PathBuf {
-    daemon_config(dir, model, source, broker, "")
-}
-
-/// The daemon's config in `dir` (state in `dir/state`), with `learning` as its `[learning]`.
-fn daemon_config(dir: &Path, model: &str, source: &str, broker: &str, learning: &str) -> PathBuf {
     let text = format!(
         "state_dir = '{state}'\n[model]\nmanifest = '{manifest}'\nthreads = 1\n{model}\n\
          [source]\n{source}\n[mqtt]\nurl = '{broker}'\ndevice_id = 'ort'\n\
-         stats_interval_s = 1\nreconnect_backoff_max_s = 1\n[learning]\n{learning}\n\
-         [log]\nlevel = 'info'\n",
+         stats_interval_s = 1\nreconnect_backoff_max_s = 1\n[log]\nlevel = 'info'\n",
         state = dir.join("state").display(),
         manifest = manifest_path().display(),
     );
@@ -343,7 +339,7 @@ fn the_daemon_runs_end_to_end_with_onnxruntime() {
     );
 }
 
-fn json(msg: &Msg) -> serde_json::Value {
+fn json(msg: &Msg) -> Value {
     serde_json::from_slice(&msg.payload)
         .unwrap_or_else(|e| panic!("{} is not JSON ({e}): {}", msg.topic, msg.text()))
 }
@@ -366,13 +362,7 @@ fn rps_photos(class: &str, n: usize) -> Vec<PathBuf> {
 }
 
 /// Publishes a command and waits for its ack (matched by id).
-fn command(
-    sub: &Subscriber,
-    name: &str,
-    id: &str,
-    argument: &str,
-    log: &Path,
-) -> serde_json::Value {
+fn command(sub: &Subscriber, daemon: &Daemon, name: &str, id: &str, argument: &str) -> Value {
     sub.publish(
         &format!("glimpse/ort/cmd/{name}"),
         argument.replace("ID", id),
@@ -382,24 +372,8 @@ fn command(
         .wait_for(WAIT * 6, |m| {
             m.topic == "glimpse/ort/ack" && json(m)["id"] == id
         })
-        .unwrap_or_else(|| {
-            panic!(
-                "no ack for {name} {id}:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            )
-        });
+        .unwrap_or_else(|| panic!("no ack for {name} {id}:\n{}", daemon.log()));
     json(&ack)
-}
-
-/// SIGTERM, then waits for a clean exit.
-fn stop(child: &mut std::process::Child, log: &Path) {
-    // SAFETY: a signal to the child this test spawned.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let status = child.wait().expect("wait for the daemon");
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    assert!(status.success(), "{status}:\n{text}");
 }
 
 #[test]
@@ -411,37 +385,24 @@ fn a_device_taught_on_tract_keeps_its_head_and_samples_on_onnxruntime() {
     let idle = dir.path().join("idle");
     std::fs::create_dir_all(&idle).unwrap();
     std::fs::copy(&rps_photos("rock", 1)[0], idle.join("rock.png")).unwrap();
-    let source = format!(
-        "uri = 'dir:{}'\nreplay_fps = 2.0\nreplay_loop = true",
-        idle.display()
-    );
-    // Trained on command only, so the retrains below are the only ones.
-    let learning = "retrain_after = 0\nretrain_quiet_ms = 0\nimprint_after = 0";
-    let lib = ort_library().display().to_string();
+    // Trained on command only (the harness's default), so the retrains below are the only ones.
+    let config = DaemonConfig::new(dir.path(), &broker, "ort")
+        .source_dir(&idle)
+        .set("learning.retrain_quiet_ms", 0)
+        .set("learning.imprint_after", 0);
 
     // 1. On tract: taught 4 photos of two classes over MQTT, then a retrain makes head v1.
-    let cfg = daemon_config(
-        dir.path(),
-        "engine = 'tract'",
-        &source,
-        &broker.url(),
-        learning,
-    );
-    let log = dir.path().join("tract.log");
-    let mut daemon = spawn_run(GLIMPSE, &cfg, &log);
+    let mut daemon = Daemon::start(config.clone().set("model.engine", "tract"));
     sub.wait_for(WAIT * 6, |m| {
         m.topic == "glimpse/ort/availability" && m.payload == b"online"
     })
-    .expect("the tract daemon comes online");
+    .unwrap_or_else(|| panic!("the tract daemon never came online:\n{}", daemon.log()));
     let mut taught = 0;
     for class in ["rock", "paper"] {
         for photo in rps_photos(class, 4) {
             let before = sub.messages("glimpse/ort/ack").len();
-            sub.publish(
-                &format!("glimpse/ort/sample/{class}"),
-                std::fs::read(&photo).unwrap(),
-                false,
-            );
+            let topic = format!("glimpse/ort/sample/{class}");
+            sub.publish(&topic, std::fs::read(&photo).unwrap(), false);
             common::wait_until("a sample's ack", || {
                 sub.messages("glimpse/ort/ack").len() > before
             });
@@ -450,25 +411,21 @@ fn a_device_taught_on_tract_keeps_its_head_and_samples_on_onnxruntime() {
             taught += 1;
         }
     }
-    let ack = command(&sub, "retrain", "tract-1", r#"{"id": "ID"}"#, &log);
-    assert_eq!(
-        (ack["status"].as_str(), ack["head_version"].as_u64()),
-        (Some("accepted"), Some(1)),
-        "{ack}"
-    );
-    stop(&mut daemon, &log);
+    let ack = command(&sub, &daemon, "retrain", "tract-1", r#"{"id": "ID"}"#);
+    assert_eq!(ack["status"], "accepted", "{ack}");
+    assert_eq!(ack["head_version"], 1, "{ack}");
+    daemon.stop();
 
     // 2. The same state on onnxruntime: the samples are re-keyed, head v1 is restored after
     //    the agreement check and serves predictions, and a retrain trains on the old samples.
     sub.clear();
-    let model = format!("engine = 'onnxruntime'\nonnxruntime_library = '{lib}'");
-    let cfg = daemon_config(dir.path(), &model, &source, &broker.url(), learning);
-    let log = dir.path().join("ort.log");
-    let mut daemon = spawn_run(GLIMPSE, &cfg, &log);
-    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    daemon.restart(config.set("model.engine", "onnxruntime").set(
+        "model.onnxruntime_library",
+        ort_library().display().to_string(),
+    ));
     let prediction = sub
         .wait_for(WAIT * 6, |m| m.topic == "glimpse/ort/prediction")
-        .unwrap_or_else(|| panic!("no prediction on onnxruntime:\n{}", text()));
+        .unwrap_or_else(|| panic!("no prediction on onnxruntime:\n{}", daemon.log()));
     let prediction = json(&prediction);
     assert_eq!(
         prediction["head_version"], 1,
@@ -483,26 +440,22 @@ fn a_device_taught_on_tract_keeps_its_head_and_samples_on_onnxruntime() {
             .iter()
             .all(|m| json(m)["command"] != "restore_head"),
         "the head was not refused:\n{}",
-        text()
+        daemon.log()
     );
     let ack = command(
         &sub,
+        &daemon,
         "retrain",
         "ort-1",
         r#"{"id": "ID", "force": true}"#,
-        &log,
     );
-    assert_eq!(
-        (ack["status"].as_str(), ack["head_version"].as_u64()),
-        (Some("accepted"), Some(2)),
-        "{ack}\n{}",
-        text()
-    );
+    assert_eq!(ack["status"], "accepted", "{ack}\n{}", daemon.log());
+    assert_eq!(ack["head_version"], 2, "{ack}");
     let report = sub
         .wait_for(WAIT, |m| {
             m.topic == "glimpse/ort/report" && json(m)["version"] == 2
         })
-        .unwrap_or_else(|| panic!("no report of v2:\n{}", text()));
+        .unwrap_or_else(|| panic!("no report of v2:\n{}", daemon.log()));
     let report = json(&report);
     let per_class: u64 = report["samples_per_class"]
         .as_object()
@@ -514,10 +467,10 @@ fn a_device_taught_on_tract_keeps_its_head_and_samples_on_onnxruntime() {
         per_class, taught,
         "every sample taught on tract is trained on: {report}"
     );
-    stop(&mut daemon, &log);
-    let text = text();
+    daemon.stop();
+    let log = daemon.log();
     // What the check cost (it loads tract beside onnxruntime), for docs/learning.md.
-    for line in text.lines().filter(|l| l.contains("agreement check")) {
+    for line in log.lines().filter(|l| l.contains("agreement check")) {
         println!("{line}");
     }
     for part in [
@@ -525,9 +478,6 @@ fn a_device_taught_on_tract_keeps_its_head_and_samples_on_onnxruntime() {
         "was trained with engine tract/cpu/fp32",
         "agreement check against tract/cpu/fp32: agree",
     ] {
-        assert!(
-            text.contains(part),
-            "`{part}` missing from the log:\n{text}"
-        );
+        assert!(log.contains(part), "`{part}` missing from the log:\n{log}");
     }
 }
