@@ -70,8 +70,10 @@ pub struct ModelConfig {
     pub engine: EngineKind,
     /// `cpu` (default), `cuda` or `tensorrt` (the last two: onnxruntime only).
     pub device: Device,
-    /// `fp32` (default) or `fp16` (TensorRT only).
+    /// `fp32` (default) or `fp16` (TensorRT, or tract on a CPU with asimdhp).
     pub precision: Precision,
+    /// tract only: run convolutions channel-last (docs/performance.md "tract tuning").
+    pub tract_nhwc: bool,
     /// libonnxruntime.so for engine = "onnxruntime"; default ORT_DYLIB_PATH, else the library
     /// path.
     pub onnxruntime_library: Option<PathBuf>,
@@ -88,6 +90,7 @@ impl Default for ModelConfig {
             engine: EngineKind::Tract,
             device: Device::Cpu,
             precision: Precision::Fp32,
+            tract_nhwc: false,
             onnxruntime_library: None,
         }
     }
@@ -233,7 +236,6 @@ impl Config {
         out
     }
 
-    /// The resolved state directory.
     /// The backbone engine `[model]` asks for; TensorRT caches its engines in the state
     /// directory.
     pub fn engine_options(&self) -> EngineOptions {
@@ -243,9 +245,11 @@ impl Config {
             precision: self.model.precision,
             onnxruntime_library: self.model.onnxruntime_library.clone(),
             cache_dir: Some(self.state_dir().join("tensorrt")),
+            tract_nhwc: self.model.tract_nhwc,
         }
     }
 
+    /// The resolved state directory.
     pub fn state_dir(&self) -> PathBuf {
         if let Some(dir) = &self.state_dir {
             return dir.clone();
@@ -456,7 +460,8 @@ fn validate(file: &Path, config: &Config) -> Result<(), ConfigError> {
     }
     config
         .engine_options()
-        .validate()
+        // Checked against this machine's CPU: the config is validated where it runs.
+        .validate(crate::vision::engine::cpu_has_fp16())
         .map_err(|e| key(e.key, &e.message))?;
     if config.model.threads > MAX_MODEL_THREADS {
         return Err(key(

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use glimpse::vision::backbone::{set_threads, Backbone, BackboneError, BackboneOptions};
+use glimpse::vision::engine::{EngineOptions, Precision};
 use glimpse::vision::labels::top_k;
 use glimpse::vision::manifest::ModelManifest;
 
@@ -342,4 +343,103 @@ fn a_spatial_tensor_is_refused_as_embedding() {
         err.contains("Relu6__90:0") && err.contains("1280, 7, 7"),
         "{err}"
     );
+}
+
+#[test]
+fn channel_last_tuning_reproduces_the_reference_outputs() {
+    let options = BackboneOptions {
+        engine: EngineOptions {
+            tract_nhwc: true,
+            ..EngineOptions::default()
+        },
+        ..BackboneOptions::default()
+    };
+    let backbone = Backbone::load(&manifest("mobilenet_v2_1.0_224.toml"), &options).unwrap();
+    // Same fingerprint: the layout changes the order of float additions, not the embedding.
+    assert_eq!(backbone.fingerprint(), reference_backbone().fingerprint());
+    for name in IMAGES {
+        let out = backbone.run(&reference(name, "input")).unwrap();
+        let e_feat = rel_l2(&out.embedding, &reference(name, "features"));
+        let logits = reference(name, "logits");
+        let got_logits = out.logits.unwrap();
+        println!("{name}: nhwc features rel L2 {e_feat:.2e}");
+        assert!(e_feat < 1e-4, "{name}: features rel L2 error {e_feat}");
+        assert!(rel_l2(&got_logits, &logits) < 1e-4, "{name}: logits");
+        assert_eq!(argmax(&got_logits), argmax(&logits), "{name}: top-1");
+    }
+}
+
+/// tract in fp16: refused where the CPU has no fp16 arithmetic (this x86 machine), and, run in
+/// tract's emulation (the test-only override), close to the fp32 references with the same top-1
+/// but beyond the cross-engine agreement tolerance, so a head never moves between fp32 and fp16.
+#[test]
+fn fp16_needs_fp16_arithmetic_and_stays_close_to_fp32() {
+    let manifest = manifest("mobilenet_v2_1.0_224.toml");
+    let options = BackboneOptions {
+        engine: EngineOptions {
+            precision: Precision::Fp16,
+            ..EngineOptions::default()
+        },
+        ..BackboneOptions::default()
+    };
+    if !glimpse::vision::engine::cpu_has_fp16() {
+        let refused = Backbone::load(&manifest, &options).unwrap_err().to_string();
+        assert!(
+            refused.contains("model.precision") && refused.contains("asimdhp"),
+            "{refused}"
+        );
+    }
+    let exe = env!("CARGO_BIN_EXE_glimpse");
+    let image = shared("testdata/imagenet/grace_hopper.bmp");
+    let classify = |extra: &[&str], emulate: bool| {
+        let mut cmd = std::process::Command::new(exe);
+        cmd.args(["classify", "--threads", "1", "--model"])
+            .arg(repo().join("models/mobilenet_v2_1.0_224.toml"))
+            .args(extra)
+            .arg(&image);
+        if emulate {
+            cmd.env("GLIMPSE_ALLOW_EMULATED_FP16", "1");
+        }
+        let out = cmd.output().expect("run glimpse classify");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{extra:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let top1 = |text: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with("1."))
+            .map(str::to_string)
+    };
+    let fp32 = classify(&[], false);
+    let fp16 = classify(&["--precision", "fp16"], true);
+    assert!(top1(&fp32).is_some(), "{fp32}");
+    // Same class in first place; the score may differ in its last digits.
+    let class = |line: Option<String>| {
+        line.map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+    };
+    assert_eq!(
+        class(top1(&fp16)),
+        class(top1(&fp32)),
+        "fp16:\n{fp16}\nfp32:\n{fp32}"
+    );
+
+    // The embedding itself, against the reference, through the library.
+    std::env::set_var("GLIMPSE_ALLOW_EMULATED_FP16", "1");
+    let backbone = Backbone::load(&manifest, &options).unwrap();
+    assert_eq!(backbone.fingerprint().engine, "tract/cpu/fp16");
+    for name in IMAGES {
+        let out = backbone.run(&reference(name, "input")).unwrap();
+        let e_feat = rel_l2(&out.embedding, &reference(name, "features"));
+        println!("{name}: fp16 features rel L2 {e_feat:.2e}");
+        assert!(e_feat < 3e-2, "{name}: fp16 features rel L2 error {e_feat}");
+        assert_eq!(
+            argmax(&out.logits.unwrap()),
+            argmax(&reference(name, "logits")),
+            "{name}: top-1"
+        );
+    }
 }

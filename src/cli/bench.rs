@@ -48,10 +48,12 @@ pub struct BenchArgs {
     /// converge ~10x faster than real ones; --learning measures training on real photos).
     #[arg(long, default_value_t = 3000)]
     pub train_samples: usize,
-    /// Compare engines side by side (e.g. `tract,onnxruntime`): backbone median and p95 at 1,
-    /// 2 and all threads, with --device/--precision/--onnxruntime-library for onnxruntime.
-    #[arg(long, value_enum, value_delimiter = ',', conflicts_with_all = ["pipeline", "learning", "flood"])]
-    pub engines: Vec<crate::vision::engine::EngineKind>,
+    /// Compare engines side by side: backbone median and p95 at 1, 2 and all threads, one row
+    /// per engine spec `engine[/device[/precision]][+nhwc]`, e.g.
+    /// `tract,tract+nhwc,onnxruntime,onnxruntime/tensorrt/fp16` (--onnxruntime-library applies
+    /// to every onnxruntime spec). A spec this machine cannot run is listed with the reason.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["pipeline", "learning", "flood", "device", "precision", "tract_nhwc"])]
+    pub engines: Vec<String>,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,

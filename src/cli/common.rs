@@ -76,9 +76,13 @@ pub struct ModelArgs {
     /// Where the engine runs the model (config: model.device); cuda/tensorrt need onnxruntime.
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
-    /// Backbone precision (config: model.precision); fp16 needs --device tensorrt.
+    /// Backbone precision (config: model.precision); fp16 needs --device tensorrt, or tract on
+    /// a CPU with fp16 arithmetic (asimdhp: Xavier, Orin).
     #[arg(long, value_enum, default_value_t = Precision::Fp32)]
     pub precision: Precision,
+    /// tract: run convolutions channel-last (config: model.tract_nhwc).
+    #[arg(long)]
+    pub tract_nhwc: bool,
     /// libonnxruntime.so to load (config: model.onnxruntime_library); default ORT_DYLIB_PATH,
     /// else libonnxruntime.so on the library path.
     #[arg(long)]
@@ -115,6 +119,7 @@ impl ModelArgs {
             precision: self.precision,
             onnxruntime_library: self.onnxruntime_library.clone(),
             cache_dir: Some(std::env::temp_dir().join("glimpse-tensorrt")),
+            tract_nhwc: self.tract_nhwc,
         }
     }
 

@@ -214,7 +214,8 @@ impl Backbone {
                 });
             }
         }
-        opts.engine.validate()?;
+        opts.engine
+            .validate(crate::vision::engine::cpu_has_fp16())?;
         let onnx_error = |e: tract_onnx::prelude::TractError| BackboneError::Onnx {
             path: path.clone(),
             message: format!("{e:#}").replace('\n', " "),
@@ -238,7 +239,7 @@ impl Backbone {
             match opts.engine.engine {
                 EngineKind::Tract => {
                     let (engine, shapes) =
-                        tract_engine::load(&proto, &path, &chosen, input_shape, opts.threads)?;
+                        tract_engine::load(&proto, &path, &chosen, input_shape, opts)?;
                     (Box::new(engine), shapes, "tract".into())
                 }
                 EngineKind::Onnxruntime => {

@@ -1,6 +1,7 @@
 //! `glimpse bench --engines tract,onnxruntime`: the backbone on each engine side by side, in
 //! one run, at 1 and 2 threads and one per core, so the engines' ratio is measured on this
-//! machine, not remembered. Same model, same preprocessed input (a synthetic 640x480 JPEG, or
+//! machine, not remembered. Specs also name devices, precisions and tract's tuning
+//! (`onnxruntime/tensorrt/fp16`, `tract+nhwc`); one that cannot run here is reported, not fatal. Same model, same preprocessed input (a synthetic 640x480 JPEG, or
 //! --image), same warm-up. RSS is read after each engine's backbones are loaded and run; the
 //! process holds both engines by the end, so the last figure is the pair (`--pipeline --engine`
 //! measures one engine's pipeline and peak RSS alone).
@@ -12,7 +13,6 @@ use serde::Serialize;
 
 use super::{emit, BenchArgs, StageStats};
 use crate::vision::backbone::{set_threads, Backbone, BackboneOptions};
-use crate::vision::engine::EngineKind;
 use crate::vision::manifest::ModelManifest;
 use crate::vision::preprocess::{decode_image, synthetic_jpeg, DecodeLimits, Preprocessor};
 
@@ -31,7 +31,15 @@ pub struct EnginesReport {
     pub model: String,
     pub runs: usize,
     pub rows: Vec<EngineRow>,
+    /// Specs that could not load here, with the reason.
+    pub skipped: Vec<SkippedEngine>,
     pub peak_rss_mb: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SkippedEngine {
+    pub engine: String,
+    pub reason: String,
 }
 
 /// 1, 2 and one per core, without repeats.
@@ -43,7 +51,12 @@ fn thread_counts() -> Vec<usize> {
     counts
 }
 
-pub fn run(args: &BenchArgs, engines: &[EngineKind]) -> anyhow::Result<()> {
+pub fn run(args: &BenchArgs, specs: &[String]) -> anyhow::Result<()> {
+    let engines = specs
+        .iter()
+        .map(|spec| args.model.engine_options().with_spec(spec))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| super::super::common::ConfigError(format!("--engines: {e}")))?;
     let manifest = ModelManifest::load(&args.model.model)
         .map_err(|e| super::super::common::ConfigError(e.to_string()))?;
     let bytes = match &args.image {
@@ -53,19 +66,25 @@ pub fn run(args: &BenchArgs, engines: &[EngineKind]) -> anyhow::Result<()> {
         None => synthetic_jpeg(640, 480, 85)?,
     };
     let mut rows = Vec::new();
+    let mut skipped = Vec::new();
     let mut input = Vec::new();
-    for &engine in engines {
+    'engines: for engine in engines {
         for threads in thread_counts() {
             set_threads(threads);
             let options = BackboneOptions {
                 threads,
-                engine: crate::vision::engine::EngineOptions {
-                    engine,
-                    ..args.model.engine_options()
-                },
+                engine: engine.clone(),
             };
-            let backbone = Backbone::load(&manifest, &options)
-                .map_err(|e| super::super::common::ConfigError(e.to_string()))?;
+            let backbone = match Backbone::load(&manifest, &options) {
+                Ok(backbone) => backbone,
+                Err(e) => {
+                    skipped.push(SkippedEngine {
+                        engine: engine.label(),
+                        reason: e.to_string(),
+                    });
+                    continue 'engines;
+                }
+            };
             let image = decode_image(&bytes, &DecodeLimits::default())?;
             Preprocessor::new(backbone.input_spec(), args.model.resize_mode())
                 .run(&image, &mut input)?;
@@ -78,7 +97,7 @@ pub fn run(args: &BenchArgs, engines: &[EngineKind]) -> anyhow::Result<()> {
                 }
             }
             rows.push(EngineRow {
-                engine: options.engine.id(),
+                engine: options.engine.label(),
                 provider: backbone.provider().to_string(),
                 threads,
                 backbone: StageStats::from_durations(&times),
@@ -86,10 +105,18 @@ pub fn run(args: &BenchArgs, engines: &[EngineKind]) -> anyhow::Result<()> {
             });
         }
     }
+    if rows.is_empty() {
+        let reasons: Vec<String> = skipped
+            .iter()
+            .map(|s| format!("{}: {}", s.engine, s.reason))
+            .collect();
+        anyhow::bail!("no engine could run: {}", reasons.join("; "));
+    }
     let report = EnginesReport {
         model: args.model.model.display().to_string(),
         runs: args.runs,
         rows,
+        skipped,
         peak_rss_mb: super::peak_rss_mb(),
     };
     emit(args, &report, print)
@@ -119,7 +146,10 @@ fn print(report: &EnginesReport) {
             row.rss_mb.map_or("-".into(), |m| format!("{m:.0}"))
         );
     }
+    for skipped in &report.skipped {
+        println!("{:<24} not measured: {}", skipped.engine, skipped.reason);
+    }
     if let Some(peak) = report.peak_rss_mb {
-        println!("peak RSS {peak:.0} MiB (both engines loaded)");
+        println!("peak RSS {peak:.0} MiB (every engine loaded)");
     }
 }

@@ -1,24 +1,29 @@
 //! The tract engine (the default): the ONNX graph parsed, its input fixed to batch 1, optimized
 //! and turned into a runnable plan once; `run` only feeds tensors. The plan is immutable and
-//! `Send + Sync`, so one backbone can serve several worker threads.
+//! `Send + Sync`, so one backbone can serve several worker threads. Two tunings (measured in
+//! docs/performance.md "tract tuning"): convolutions channel-last (`conv_nhwc`), and the whole
+//! graph in fp16 (`f32_to_f16`, for CPUs with fp16 arithmetic), fed and read in f32.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use tract_onnx::pb;
 use tract_onnx::prelude::{
-    tvec, DatumType, InferenceFact, InferenceModelExt, IntoTValue, OutletId, RunOptions, Tensor,
-    TypedSimplePlan,
+    f16, tvec, DatumType, InferenceFact, InferenceModelExt, IntoTValue, OutletId, RunOptions,
+    Tensor, TypedSimplePlan,
 };
 use tract_onnx::tract_hir::infer::InferenceModel;
 
-use super::{BackboneError, ChosenTensors, EngineRun, OutputShapes};
+use super::{BackboneError, BackboneOptions, ChosenTensors, EngineRun, OutputShapes};
+use crate::vision::engine::Precision;
 
 #[derive(Debug)]
 pub(super) struct TractEngine {
     plan: Arc<TypedSimplePlan>,
     input_shape: [usize; 4],
     outputs: usize,
+    /// The plan runs in fp16: inputs are cast down, outputs back up to f32.
+    fp16: bool,
 }
 
 /// Parses, optimizes and plans the model with the chosen input and outputs.
@@ -27,8 +32,10 @@ pub(super) fn load(
     path: &Path,
     chosen: &ChosenTensors,
     input_shape: [usize; 4],
-    threads: usize,
+    opts: &BackboneOptions,
 ) -> Result<(TractEngine, OutputShapes), BackboneError> {
+    let threads = opts.threads;
+    let fp16 = opts.engine.precision == Precision::Fp16;
     let onnx_error = |e: tract_onnx::prelude::TractError| BackboneError::Onnx {
         path: path.to_path_buf(),
         message: format!("{e:#}").replace('\n', " "),
@@ -57,7 +64,26 @@ pub(super) fn load(
     }
     fix_input(&mut model, &chosen.input, input_shape).map_err(onnx_error)?;
     model.select_output_outlets(&outputs).map_err(onnx_error)?;
-    let typed = model.into_optimized().map_err(onnx_error)?;
+    let mut typed = model
+        .into_typed()
+        .and_then(|typed| typed.into_decluttered())
+        .map_err(onnx_error)?;
+    // The rewrites run on the decluttered graph, before optimization fuses ops into kernels
+    // for one datum type and layout; optimizing afterwards lowers the new nodes like the rest.
+    let rewrites = [
+        (opts.engine.tract_nhwc, "conv_nhwc"),
+        (fp16, "f32_to_f16"),
+    ];
+    for (_, name) in rewrites.iter().filter(|(wanted, _)| *wanted) {
+        let transform = tract_onnx::tract_core::transform::get_transform(name)
+            .map_err(onnx_error)?
+            .ok_or_else(|| BackboneError::Onnx {
+                path: path.to_path_buf(),
+                message: format!("this tract has no `{name}` transform"),
+            })?;
+        transform.transform(&mut typed).map_err(onnx_error)?;
+    }
+    let typed = typed.into_optimized().map_err(onnx_error)?;
     let shapes = OutputShapes {
         embedding: concrete_shape(&typed, 0),
         logits: chosen
@@ -81,6 +107,7 @@ pub(super) fn load(
             plan,
             input_shape,
             outputs: outputs.len(),
+            fp16,
         },
         shapes,
     ))
@@ -89,7 +116,10 @@ pub(super) fn load(
 impl EngineRun for TractEngine {
     fn run(&self, input: &[f32]) -> Result<Vec<Vec<f32>>, BackboneError> {
         let run_error = |e: tract_onnx::prelude::TractError| BackboneError::Run(format!("{e:#}"));
-        let tensor = Tensor::from_shape(&self.input_shape, input).map_err(run_error)?;
+        let mut tensor = Tensor::from_shape(&self.input_shape, input).map_err(run_error)?;
+        if self.fp16 {
+            tensor = tensor.cast_to::<f16>().map_err(run_error)?.into_owned();
+        }
         let outputs = self
             .plan
             .run(tvec!(tensor.into_tvalue()))
@@ -99,6 +129,7 @@ impl EngineRun for TractEngine {
                 let value = outputs
                     .get(ix)
                     .ok_or_else(|| BackboneError::Run(format!("output {ix} missing")))?;
+                let value = value.cast_to::<f32>().map_err(run_error)?;
                 // Logical order, whatever the storage layout tract chose.
                 let view = value.to_plain_array_view::<f32>().map_err(run_error)?;
                 Ok(view.iter().copied().collect())
