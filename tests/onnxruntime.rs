@@ -43,30 +43,12 @@ fn manifest() -> ModelManifest {
     ModelManifest::load(&manifest_path()).unwrap_or_else(|e| panic!("shipped manifest: {e}"))
 }
 
-/// libonnxruntime from PyPI, installed once (the script caches it under target/).
-fn ort_library() -> &'static Path {
-    static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| {
-        let out = Command::new(repo().join("bench/fetch-onnxruntime.sh"))
-            .output()
-            .expect("run bench/fetch-onnxruntime.sh");
-        assert!(
-            out.status.success(),
-            "bench/fetch-onnxruntime.sh failed (the onnxruntime engine tests need it): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        assert!(path.is_file(), "not a file: {}", path.display());
-        path
-    })
-}
-
 fn options(engine: EngineKind) -> BackboneOptions {
     BackboneOptions {
         threads: 1,
         engine: EngineOptions {
             engine,
-            onnxruntime_library: Some(ort_library().to_path_buf()),
+            onnxruntime_library: Some(common::onnxruntime_library().to_path_buf()),
             ..EngineOptions::default()
         },
     }
@@ -245,7 +227,7 @@ fn stderr(out: &Output) -> String {
 #[test]
 fn cuda_without_a_gpu_is_a_config_error_with_exit_2() {
     let dir = tempfile::tempdir().unwrap();
-    let lib = ort_library().display().to_string();
+    let lib = common::onnxruntime_library().display().to_string();
     let cfg = config(
         dir.path(),
         &format!("engine = 'onnxruntime'\ndevice = 'cuda'\nonnxruntime_library = '{lib}'"),
@@ -311,7 +293,7 @@ fn the_daemon_runs_end_to_end_with_onnxruntime() {
         })
         .count();
     assert!(files >= 5, "too few test images in {}", images.display());
-    let lib = ort_library().display().to_string();
+    let lib = common::onnxruntime_library().display().to_string();
     let cfg = config_with_broker(
         dir.path(),
         &format!("engine = 'onnxruntime'\nonnxruntime_library = '{lib}'"),
@@ -403,7 +385,7 @@ fn a_device_taught_on_tract_keeps_its_head_and_samples_on_onnxruntime() {
             let before = sub.messages("glimpse/ort/ack").len();
             let topic = format!("glimpse/ort/sample/{class}");
             sub.publish(&topic, std::fs::read(&photo).unwrap(), false);
-            common::wait_until("a sample's ack", || {
+            common::wait_until_within("a sample's ack", WAIT * 6, || {
                 sub.messages("glimpse/ort/ack").len() > before
             });
             let ack = json(&sub.messages("glimpse/ort/ack")[before]);
@@ -421,7 +403,7 @@ fn a_device_taught_on_tract_keeps_its_head_and_samples_on_onnxruntime() {
     sub.clear();
     daemon.restart(config.set("model.engine", "onnxruntime").set(
         "model.onnxruntime_library",
-        ort_library().display().to_string(),
+        common::onnxruntime_library().display().to_string(),
     ));
     let prediction = sub
         .wait_for(WAIT * 6, |m| m.topic == "glimpse/ort/prediction")

@@ -4,6 +4,10 @@
 //! systemd/glimpse.service, resolved as systemd resolves it (`systemd-analyze syscall-filter`
 //! expands each group; allow and deny lines apply in order).
 //!
+//! Both engines are traced (tract, and onnxruntime on the CPU), each run under the kernel's
+//! memory-deny-write-execute (`prctl(PR_SET_MDWE)`, inherited through exec), which refuses
+//! what the unit's `MemoryDenyWriteExecute=yes` refuses: a writable and executable mapping.
+//!
 //! Needs strace and systemd's tools; a missing tool fails the test.
 
 mod common;
@@ -13,6 +17,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::daemon::DaemonConfig;
 use common::{Mosquitto, Subscriber};
 use serde_json::Value;
 
@@ -101,6 +106,32 @@ fn traced_calls(summary: &str) -> BTreeSet<String> {
 
 #[test]
 fn every_syscall_of_teach_retrain_export_passes_the_unit_filter() {
+    trace_teach_retrain_export(|config| config);
+}
+
+#[test]
+fn the_onnxruntime_engine_passes_the_unit_filter_and_write_xor_execute() {
+    let library = common::onnxruntime_library().display().to_string();
+    trace_teach_retrain_export(|config| {
+        config
+            .set("model.engine", "onnxruntime")
+            .set("model.onnxruntime_library", library.as_str())
+    });
+}
+
+/// PR_SET_MDWE / PR_MDWE_REFUSE_EXEC_GAIN (linux/prctl.h, Linux 6.3).
+const PR_SET_MDWE: libc::c_int = 65;
+const PR_MDWE_REFUSE_EXEC_GAIN: libc::c_ulong = 1;
+
+/// Runs the daemon (configured by `engine`) under strace and W^X, teaches, retrains, exports,
+/// stops it, and checks every traced call against the unit's filter.
+fn trace_teach_retrain_export(engine: impl FnOnce(DaemonConfig) -> DaemonConfig) {
+    let unit = std::fs::read_to_string(repo().join("systemd/glimpse.service")).expect("unit");
+    assert!(
+        unit.lines()
+            .any(|l| l.trim() == "MemoryDenyWriteExecute=yes"),
+        "the unit no longer denies write+execute memory: update this test"
+    );
     let allowed = allowed_by_unit();
     assert!(
         allowed.contains("read") && !allowed.contains("reboot"),
@@ -112,24 +143,26 @@ fn every_syscall_of_teach_retrain_export_passes_the_unit_filter() {
     let idle = tmp.path().join("idle");
     std::fs::create_dir_all(&idle).expect("mkdir");
     std::fs::copy(&photos("rock", 1)[0], idle.join("000.png")).expect("copy");
+    let daemon_config = engine(
+        DaemonConfig::new(tmp.path(), &broker, DEVICE)
+            .source_dir(&idle)
+            .set("mqtt.stats_interval_s", 1),
+    );
     let config = tmp.path().join("glimpse.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state_dir = '{state}'\n[model]\nmanifest = '{manifest}'\nthreads = 1\n\
-             [source]\nuri = 'dir:{idle}'\nreplay_fps = 2.0\nreplay_loop = true\n\
-             [mqtt]\nurl = '{url}'\ndevice_id = '{DEVICE}'\nstats_interval_s = 1\n\
-             [learning]\nretrain_after = 0\n[log]\nlevel = 'info'\n",
-            state = tmp.path().join("state").display(),
-            manifest = repo().join("models/mobilenet_v2_1.0_224.toml").display(),
-            idle = idle.display(),
-            url = broker.url(),
-        ),
-    )
-    .expect("write config");
+    std::fs::write(&config, daemon_config.render()).expect("write config");
     let summary = tmp.path().join("strace.txt");
     let log = tmp.path().join("daemon.log");
-    let mut strace = Command::new("strace")
+    let mut strace = Command::new("strace");
+    // SAFETY: prctl(2) in the forked child before exec; it touches no memory of the parent.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut strace, || {
+            if libc::prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    let mut strace = strace
         .args(["-f", "-c", "-o"])
         .arg(&summary)
         .args([GLIMPSE, "run", "--config"])
@@ -140,7 +173,11 @@ fn every_syscall_of_teach_retrain_export_passes_the_unit_filter() {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).expect("log"))
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run strace ({e}): apt-get install strace"));
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run strace under PR_SET_MDWE ({e}): apt-get install strace; Linux >= 6.3"
+            )
+        });
     let daemon_log = || std::fs::read_to_string(&log).unwrap_or_default();
 
     let sub = Subscriber::connect(broker.port(), &[&topic("#")]);

@@ -399,8 +399,14 @@ pub fn spawn_run(glimpse: &str, config: &Path, log: &Path) -> Child {
         .expect("spawn glimpse run")
 }
 
-pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
+pub fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    wait_until_within(what, WAIT, cond)
+}
+
+/// [`wait_until`] with its own deadline, for steps a loaded machine makes slow (a model load,
+/// the first embedding while other test daemons start).
+pub fn wait_until_within(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
@@ -464,4 +470,24 @@ pub fn rps_full_photos(class: &str, n: usize) -> Vec<PathBuf> {
     );
     files.truncate(n);
     files
+}
+
+/// libonnxruntime from PyPI (bench/fetch-onnxruntime.sh installs it once into a venv under
+/// target/). A failed fetch fails the test: the onnxruntime engine is part of the suite.
+pub fn onnxruntime_library() -> &'static Path {
+    static LIB: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    LIB.get_or_init(|| {
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new(repo.join("bench/fetch-onnxruntime.sh"))
+            .output()
+            .expect("run bench/fetch-onnxruntime.sh");
+        assert!(
+            out.status.success(),
+            "bench/fetch-onnxruntime.sh failed (the onnxruntime engine tests need it): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        assert!(path.is_file(), "not a file: {}", path.display());
+        path
+    })
 }

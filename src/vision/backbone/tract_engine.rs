@@ -70,10 +70,7 @@ pub(super) fn load(
         .map_err(onnx_error)?;
     // The rewrites run on the decluttered graph, before optimization fuses ops into kernels
     // for one datum type and layout; optimizing afterwards lowers the new nodes like the rest.
-    let rewrites = [
-        (opts.engine.tract_nhwc, "conv_nhwc"),
-        (fp16, "f32_to_f16"),
-    ];
+    let rewrites = [(opts.engine.tract_nhwc, "conv_nhwc"), (fp16, "f32_to_f16")];
     for (_, name) in rewrites.iter().filter(|(wanted, _)| *wanted) {
         let transform = tract_onnx::tract_core::transform::get_transform(name)
             .map_err(onnx_error)?
