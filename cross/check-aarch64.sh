@@ -111,7 +111,8 @@ dpkg-deb --contents "$DEB" | awk '{print $NF}' | sed 's#^\./#/#' > "$WORK/conten
 for path in /usr/bin/glimpse /lib/systemd/system/glimpse.service /usr/lib/sysusers.d/glimpse.conf \
   /usr/lib/tmpfiles.d/glimpse.conf /etc/glimpse/glimpse.toml \
   /usr/share/glimpse/models/mobilenetv2-12.toml /usr/share/glimpse/models/imagenet_labels.txt \
-  /usr/share/doc/glimpse/deploy.md /usr/share/doc/glimpse/glimpse-argus.conf; do
+  /usr/share/doc/glimpse/deploy.md /usr/share/doc/glimpse/glimpse-argus.conf \
+  /usr/share/doc/glimpse/glimpse-gpu.conf; do
   grep -qx "$path" "$WORK/contents" || die "$DEB lacks $path"
 done
 [ "$(dpkg-deb -f "$DEB" Architecture)" = "arm64" ] || die "$DEB is not Architecture: arm64"

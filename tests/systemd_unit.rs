@@ -31,13 +31,14 @@ fn run(tool: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
 }
 
 /// A copy of the unit in a scratch directory, its ExecStart pointing at the binary cargo built so
-/// that `verify` can resolve it; optionally with the Argus drop-in beside it.
+/// that `verify` can resolve it; optionally with shipped drop-ins (`systemd/glimpse-NAME.conf`)
+/// beside it.
 struct ScratchUnit {
     dir: tempfile::TempDir,
 }
 
 impl ScratchUnit {
-    fn new(with_argus: bool) -> Self {
+    fn new(dropins: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let unit = read("systemd/glimpse.service");
         let exec = "ExecStart=/usr/bin/glimpse ";
@@ -47,12 +48,12 @@ impl ScratchUnit {
             &format!("ExecStart={} ", env!("CARGO_BIN_EXE_glimpse")),
         );
         std::fs::write(dir.path().join("glimpse.service"), unit).expect("write unit");
-        if with_argus {
-            let dropins = dir.path().join("glimpse.service.d");
-            std::fs::create_dir(&dropins).expect("mkdir drop-ins");
+        let dropin_dir = dir.path().join("glimpse.service.d");
+        for name in dropins {
+            std::fs::create_dir_all(&dropin_dir).expect("mkdir drop-ins");
             std::fs::write(
-                dropins.join("argus.conf"),
-                read("systemd/glimpse-argus.conf"),
+                dropin_dir.join(format!("{name}.conf")),
+                read(&format!("systemd/glimpse-{name}.conf")),
             )
             .expect("write drop-in");
         }
@@ -140,12 +141,17 @@ fn directives(unit: &str) -> BTreeMap<(String, String), Vec<String>> {
 
 #[test]
 fn unit_passes_systemd_analyze_verify() {
-    ScratchUnit::new(false).verify();
+    ScratchUnit::new(&[]).verify();
 }
 
 #[test]
 fn argus_drop_in_passes_verify() {
-    ScratchUnit::new(true).verify();
+    ScratchUnit::new(&["argus"]).verify();
+}
+
+#[test]
+fn gpu_drop_in_passes_verify() {
+    ScratchUnit::new(&["gpu"]).verify();
 }
 
 #[test]
@@ -215,16 +221,19 @@ fn exposure_score_stays_low() {
     // 1.6 measured with systemd 252; the remaining exposure is the network (MQTT), the camera
     // devices, group video, /proc/cpuinfo (tract's aarch64 kernel choice) and setpriority (0.1:
     // the learner's nice 19, the one call of @resources allowed). docs/deploy.md.
-    let score = ScratchUnit::new(false).exposure();
+    let score = ScratchUnit::new(&[]).exposure();
     assert!(
         score <= 1.6,
         "exposure {score} > 1.6: which directive was lost?"
     );
-    let argus = ScratchUnit::new(true).exposure();
+    let argus = ScratchUnit::new(&["argus"]).exposure();
     assert!(
         argus <= 2.0,
         "exposure with the Argus drop-in {argus} > 2.0"
     );
+    let gpu = ScratchUnit::new(&["gpu"]).exposure();
+    println!("exposure: unit {score}, argus {argus}, gpu {gpu}");
+    assert!(gpu <= 1.8, "exposure with the GPU drop-in {gpu} > 1.8");
 }
 
 #[test]
