@@ -131,6 +131,12 @@ pub(super) fn load(
     let mut builder = Session::builder(env)
         .map_err(onnx_error)?
         .with_intra_threads(opts.threads.max(1))
+        .map_err(|e| onnx_error(e.into()))?
+        // onnxruntime's pool threads spin between operators by default, holding their cores;
+        // in the daemon the backbone shares the cores with decoding, capture, MQTT and the
+        // learner, and the spinning starved them (docs/performance.md: sustained predictions/s
+        // rose ~25 % on 2 cores without it).
+        .with_intra_op_spinning(false)
         .map_err(|e| onnx_error(e.into()))?;
     let provider_name = match provider(opts) {
         Some(ep) => {
