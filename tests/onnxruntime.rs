@@ -326,23 +326,6 @@ fn json(msg: &Msg) -> Value {
         .unwrap_or_else(|e| panic!("{} is not JSON ({e}): {}", msg.topic, msg.text()))
 }
 
-/// The first `n` photos (by name) of a class of ../shared/datasets/rps.
-fn rps_photos(class: &str, n: usize) -> Vec<PathBuf> {
-    let dir = repo().join("../shared/datasets/rps").join(class);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("test data {} is missing: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    assert!(
-        files.len() >= n,
-        "{} has fewer than {n} photos",
-        dir.display()
-    );
-    files.truncate(n);
-    files
-}
-
 /// Publishes a command and waits for its ack (matched by id).
 fn command(sub: &Subscriber, daemon: &Daemon, name: &str, id: &str, argument: &str) -> Value {
     sub.publish(
@@ -366,7 +349,11 @@ fn a_device_taught_on_tract_keeps_its_head_and_samples_on_onnxruntime() {
     // One photo replayed in a loop keeps the daemon online and predicting.
     let idle = dir.path().join("idle");
     std::fs::create_dir_all(&idle).unwrap();
-    std::fs::copy(&rps_photos("rock", 1)[0], idle.join("rock.png")).unwrap();
+    std::fs::copy(
+        &common::dataset_photos("rps", "rock", 1)[0],
+        idle.join("rock.png"),
+    )
+    .unwrap();
     // Trained on command only (the harness's default), so the retrains below are the only ones.
     let config = DaemonConfig::new(dir.path(), &broker, "ort")
         .source_dir(&idle)
@@ -381,7 +368,7 @@ fn a_device_taught_on_tract_keeps_its_head_and_samples_on_onnxruntime() {
     .unwrap_or_else(|| panic!("the tract daemon never came online:\n{}", daemon.log()));
     let mut taught = 0;
     for class in ["rock", "paper"] {
-        for photo in rps_photos(class, 4) {
+        for photo in common::dataset_photos("rps", class, 4) {
             let before = sub.messages("glimpse/ort/ack").len();
             let topic = format!("glimpse/ort/sample/{class}");
             sub.publish(&topic, std::fs::read(&photo).unwrap(), false);

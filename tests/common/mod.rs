@@ -455,8 +455,15 @@ pub fn build_example(name: &str) -> PathBuf {
 /// The first `n` photos (sorted by name) of a class of the real rock-paper-scissors set in
 /// ../shared/datasets/rps_full. Panics, naming the folder, when there are fewer.
 pub fn rps_full_photos(class: &str, n: usize) -> Vec<PathBuf> {
+    dataset_photos("rps_full", class, n)
+}
+
+/// The first `n` photos (sorted by name) of `class` in ../shared/datasets/`set`. Panics, naming
+/// the folder, when there are fewer.
+pub fn dataset_photos(set: &str, class: &str, n: usize) -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/datasets/rps_full")
+        .join("../shared/datasets")
+        .join(set)
         .join(class);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("test data {} is missing: {e}", dir.display()))
