@@ -27,7 +27,7 @@ use crate::learn::retrain::{retrain, Active, RetrainConfig, RetrainError, Sample
 use crate::learn::train::TrainConfig;
 use crate::mqtt::messages::learning::{Ack, AckStatus, Command, TrainingReport};
 use crate::mqtt::messages::now_unix_ms;
-use crate::store::{NewHead, Store, StoreError};
+use crate::store::{NewHead, Store, StoreError, StoredSample};
 use crate::vision::spec::Fingerprint;
 
 /// Automatic retraining also waits for this fraction of the store to be new (see module docs).
@@ -362,14 +362,7 @@ impl Trainer {
             .samples(&self.fingerprint_text)
             .map_err(|e| e.to_string())?;
         let through = stored.iter().map(|s| s.row).max().unwrap_or(0);
-        let samples: Vec<Sample> = stored
-            .iter()
-            .map(|s| Sample {
-                label: &s.label,
-                content_hash: &s.content_hash,
-                embedding: &s.embedding,
-            })
-            .collect();
+        let samples: Vec<Sample> = stored.iter().map(as_sample).collect();
         let learning = &self.settings.learning;
         let cfg = RetrainConfig {
             train: TrainConfig {
@@ -610,3 +603,12 @@ fn retrain_ack(
 mod adopt;
 #[cfg(test)]
 mod tests;
+
+/// A stored sample as the retrain and the gates read it (borrowed, no copy of the embedding).
+pub(super) fn as_sample(stored: &StoredSample) -> Sample<'_> {
+    Sample {
+        label: &stored.label,
+        content_hash: &stored.content_hash,
+        embedding: &stored.embedding,
+    }
+}

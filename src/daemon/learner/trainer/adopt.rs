@@ -147,14 +147,7 @@ impl Trainer {
             .store
             .samples(&self.fingerprint_text)
             .map_err(|e| e.to_string())?;
-        let samples: Vec<Sample> = stored
-            .iter()
-            .map(|s| Sample {
-                label: &s.label,
-                content_hash: &s.content_hash,
-                embedding: &s.embedding,
-            })
-            .collect();
+        let samples: Vec<Sample> = stored.iter().map(super::as_sample).collect();
         let current = self.head.load_full();
         let learning = &self.settings.learning;
         Ok(judge(
